@@ -1,0 +1,79 @@
+# sockflow: `make run` starts the monitor, `make test` runs every test.
+#
+# Both install what a fresh Debian machine lacks (apt), build the BPF object with
+# CO-RE (no dependency on this machine's kernel beyond BTF at run time), generate
+# the skeleton that embeds it, then build the Swift package.
+
+.DELETE_ON_ERROR:
+.PHONY: all deps bpf swift release run test unit integration clean help
+
+ARCH := $(shell uname -m | sed -e 's/x86_64/x86/' -e 's/aarch64/arm64/')
+MULTIARCH := $(shell gcc -print-multiarch 2>/dev/null)
+BPF_CLANG ?= clang
+BPFTOOL ?= bpftool
+SWIFT ?= swift
+OUT := build
+SKEL := Sources/CSockFlowSkel/include/sockflow.skel.h
+ABI := Sources/CSockFlowABI/include/sockflow_abi.h
+BPF_CFLAGS := -target bpf -D__TARGET_ARCH_$(ARCH) -g -O2 -Wall -Werror \
+	-ISources/CSockFlowABI/include $(if $(MULTIARCH),-I/usr/include/$(MULTIARCH))
+RUN_ARGS ?=
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+all: release
+
+help:
+	@echo "make run     build and start 'sockflow monitor' (root)"
+	@echo "make test    build and run every test (integration tests need root)"
+	@echo "make release build .build/release/sockflow"
+
+# Packages a fresh Debian 12 lacks. clang: any clang that targets BPF will do
+# (the Swift toolchain's does); Debian's is installed only when none does.
+APT_PACKAGES := libbpf-dev libelf-dev zlib1g-dev pkg-config bpftool iproute2
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; done; \
+	if ! $(BPF_CLANG) -print-targets 2>/dev/null | grep -qw bpf; then missing="$$missing clang"; fi; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@# the tests validate records against docs/record.schema.json with python's jsonschema
+	@python3 -c 'import jsonschema' 2>/dev/null || python3 -m pip install -q jsonschema
+
+$(OUT)/sockflow.bpf.o: bpf/sockflow.bpf.c bpf/vmlinux_min.h $(ABI) | deps
+	@mkdir -p $(OUT)
+	$(BPF_CLANG) $(BPF_CFLAGS) -c $< -o $(OUT)/sockflow.tmp.bpf.o
+	$(BPFTOOL) gen object $@ $(OUT)/sockflow.tmp.bpf.o
+	@rm -f $(OUT)/sockflow.tmp.bpf.o
+
+# The skeleton embeds the object. Touching the umbrella header makes clang's
+# module cache notice a regenerated skeleton.
+$(SKEL): $(OUT)/sockflow.bpf.o
+	$(BPFTOOL) gen skeleton $< name sockflow_bpf > $@.tmp 2>/dev/null
+	mv $@.tmp $@
+	touch Sources/CSockFlowSkel/include/CSockFlowSkel.h
+
+bpf: $(SKEL)
+
+$(OUT)/sfhelper: Tests/Helpers/sfhelper.c | deps
+	@mkdir -p $(OUT)
+	cc -O2 -Wall -Werror -o $@ $<
+
+release: bpf
+	$(SWIFT) build -c release --product sockflow
+
+run: release
+	./.build/release/sockflow monitor $(RUN_ARGS)
+
+# Integration tests drive the release binary, so the optimized build's object
+# lifetimes are what gets tested.
+test: release $(OUT)/sfhelper
+	SOCKFLOW_BIN=$(CURDIR)/.build/release/sockflow SOCKFLOW_HELPER=$(CURDIR)/$(OUT)/sfhelper \
+		$(SWIFT) test
+
+unit: bpf
+	$(SWIFT) test --filter SockFlowTests
+
+clean:
+	rm -rf $(OUT) $(SKEL) .build

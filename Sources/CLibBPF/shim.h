@@ -1,0 +1,5 @@
+/* libbpf as a Swift module: includes only, no code. */
+#include <bpf/libbpf.h>
+#include <bpf/bpf.h>
+#include <bpf/btf.h>
+#include <linux/bpf.h>

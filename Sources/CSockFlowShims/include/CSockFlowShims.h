@@ -1,0 +1,19 @@
+/* Shims for calls Swift cannot make directly. Each says why it exists. */
+#ifndef CSOCKFLOWSHIMS_H
+#define CSOCKFLOWSHIMS_H
+#include <stdint.h>
+/* Linux headers Glibc's Swift module leaves out. */
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/signalfd.h>
+
+/* open_by_handle_at(2) needs _GNU_SOURCE, which must not be defined in a header
+ * Swift imports (it breaks fd_set against Dispatch). Opens the cgroup v2
+ * directory whose id (kernfs node id = inode number) is `cgroup_id`, relative
+ * to `mount_fd`. Returns an fd or -1 with errno set. */
+int sockflow_open_cgroup_by_id(int mount_fd, uint64_t cgroup_id);
+
+/* gettid() sits behind _GNU_SOURCE as well. */
+int sockflow_gettid(void);
+
+#endif

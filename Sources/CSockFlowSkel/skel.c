@@ -1,0 +1,2 @@
+/* SwiftPM needs one source file per C target; the skeleton is header-only. */
+#include "CSockFlowSkel.h"
