@@ -1,0 +1,190 @@
+import CSockFlowABI
+
+/// What a record reports. Flow events come from the kernel; `start`, `lost` and
+/// `stop` describe the stream itself.
+public enum EventType: String, Sendable, CaseIterable {
+    case start
+    case listen
+    case connect
+    case established
+    case accept
+    case close
+    case lost
+    case stop
+
+    public var isFlowEvent: Bool {
+        switch self {
+        case .listen, .connect, .established, .accept, .close: true
+        case .start, .lost, .stop: false
+        }
+    }
+}
+
+public enum Direction: String, Sendable {
+    case inbound, outbound
+}
+
+public enum TransportProtocol: String, Sendable {
+    case tcp
+}
+
+/// A flow's identity in records: the boot it belongs to and the socket cookie.
+/// Printed as 24 hex digits: 8 of the boot id, 16 of the cookie. The same socket
+/// gets the same id from any sockflow run during one boot.
+public struct FlowID: Sendable, Hashable, CustomStringConvertible {
+    public let boot: UInt32
+    public let cookie: UInt64
+
+    public init(boot: UInt32, cookie: UInt64) {
+        self.boot = boot
+        self.cookie = cookie
+    }
+
+    public var description: String {
+        var b = ByteBuffer(capacity: 32)
+        b.appendHex(UInt64(boot), width: 8)
+        b.appendHex(cookie, width: 16)
+        return b.string
+    }
+}
+
+/// The socket side of a record.
+public struct Flow: Sendable {
+    public var id: FlowID
+    public var cookie: UInt64 { id.cookie }
+    public var proto: TransportProtocol = .tcp
+    public var family: IPAddress.Family
+    /// The socket is AF_INET6 but its addresses are IPv4-mapped; they are reported as IPv4.
+    public var mapped: Bool
+    public var direction: Direction
+    public var local: Endpoint
+    /// nil for a listener or an unconnected socket: never 0.0.0.0:0.
+    public var remote: Endpoint?
+    /// Inode number of the socket's network namespace.
+    public var netns: UInt32
+    /// Listeners: the accept-queue limit given to listen().
+    public var backlog: UInt32?
+    /// Listeners: an AF_INET6 wildcard listener without IPV6_V6ONLY, which takes IPv4 too.
+    public var dualStack: Bool?
+    /// Accepted flows: the listener they came from.
+    public var listener: FlowID?
+}
+
+public enum CloseReason: String, Sendable {
+    /// FIN exchange, or a listener closed.
+    case normal
+    /// An RST ended an established flow (sent or received).
+    case reset
+    /// The peer answered our SYN with an RST.
+    case refused
+    /// Our SYN (or data) was never answered.
+    case timeout
+    /// The flow ended before anyone accepted it, or during the handshake.
+    case aborted
+    /// Another error (unreachable, ...).
+    case error
+}
+
+public struct CloseDetails: Sendable {
+    public var durationNanoseconds: UInt64
+    /// Payload bytes received and acknowledged-sent; nil for listeners.
+    public var bytesIn: UInt64?
+    public var bytesOut: UInt64?
+    public var reason: CloseReason
+    /// The kernel's sk_err at close (0 when none).
+    public var errno: Int32
+}
+
+public struct LostDetails: Sendable {
+    public enum Reason: String, Sendable {
+        /// The kernel found the ring buffer full and could not reserve the records.
+        case ringBufferFull = "ring_buffer_full"
+        /// Sockets the kernel could not give storage to, so their flows went unreported.
+        case socketStorage = "socket_storage"
+        /// Samples that could not be decoded.
+        case undecodable
+    }
+    public var count: UInt64
+    public var reason: Reason
+}
+
+/// The allow/deny decision on a flow. Without a policy everything is allowed.
+public struct Verdict: Sendable, Equatable {
+    public enum Action: String, Sendable {
+        case allow, deny, log
+    }
+    public var action: Action
+    public var rule: String?
+
+    public static let allow = Verdict(action: .allow, rule: nil)
+}
+
+/// The owner of a flow. The kernel-recorded fields are always present; `details`
+/// (exe path, command line) comes from /proc and is nil when the process was gone
+/// or had become another process (pid reuse, exec) by the time it was read.
+public struct ProcessRecord: Sendable {
+    public let task: sf_task
+    public var details: ProcessDetails?
+    public var cgroup: CgroupDetails?
+
+    public init(task: sf_task, details: ProcessDetails? = nil, cgroup: CgroupDetails? = nil) {
+        self.task = task
+        self.details = details
+        self.cgroup = cgroup
+    }
+
+    public var pid: Int32 { Int32(bitPattern: task.pid) }
+    public var tid: Int32 { Int32(bitPattern: task.tid) }
+    public var ppid: Int32 { Int32(bitPattern: task.ppid) }
+    public var uid: UInt32 { task.uid }
+    public var gid: UInt32 { task.gid }
+    public var cgroupID: UInt64 { task.cgroup_id }
+    public var comm: String { Self.string(task.comm) }
+    /// The executable's file name as the kernel had it (may be cut at 47 bytes).
+    public var exeName: String { Self.string(task.exe_name) }
+    public var exe: String? { details?.exe }
+    public var cmdline: [String]? { details?.cmdline }
+    public var isKernelThread: Bool { task.flags & UInt32(SF_TASK_KTHREAD.rawValue) != 0 }
+
+    static func string<T>(_ tuple: T) -> String {
+        withUnsafeBytes(of: tuple) { raw in
+            let n = raw.firstIndex(of: 0) ?? raw.count
+            return String(decoding: raw[0..<n], as: UTF8.self)
+        }
+    }
+}
+
+/// Facts sockflow itself states in `start` and `stop` records.
+public struct StreamDetails: Sendable {
+    public var version: String = ""
+    public var kernel: String = ""
+    public var hooks: [String] = []
+    public var filters: [(String, String)] = []
+    public var ringBufferBytes: Int = 0
+    /// stop: why the stream ended
+    public var stopReason: String = ""
+    /// stop: counters, in order
+    public var counters: [(String, UInt64)] = []
+
+    public init() {}
+}
+
+/// One line of sockflow's output.
+public struct Record: Sendable {
+    public var seq: UInt64
+    /// Wall-clock nanoseconds since the Unix epoch.
+    public var time: Int64
+    public var event: EventType
+    public var flow: Flow?
+    public var process: ProcessRecord?
+    public var verdict: Verdict = .allow
+    public var close: CloseDetails?
+    public var lost: LostDetails?
+    public var stream: StreamDetails?
+
+    public init(seq: UInt64, time: Int64, event: EventType) {
+        self.seq = seq
+        self.time = time
+        self.event = event
+    }
+}

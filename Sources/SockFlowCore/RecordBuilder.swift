@@ -1,0 +1,334 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CSockFlowABI
+
+/// Where records go: the JSON/text writer, or the harness API's collector.
+public protocol RecordSink: AnyObject {
+    func emit(_ record: borrowing Record)
+}
+
+/// Filters applied in user space, after the kernel applied what it could.
+public struct RecordFilter: Sendable {
+    /// Only records owned by these processes (an inbound flow not yet accepted
+    /// belongs to its listener's owner).
+    public var pids: Set<Int32>?
+    /// Only flows with one of these local or remote ports (the kernel filters too).
+    public var ports: Set<UInt16>?
+
+    public init(pids: Set<Int32>? = nil, ports: Set<UInt16>? = nil) {
+        self.pids = pids
+        self.ports = ports
+    }
+
+    public var isEmpty: Bool { pids == nil && ports == nil }
+}
+
+/// Turns kernel events into records: numbers them, resolves owners, keeps the
+/// flow table, accounts for every record the kernel could not deliver.
+public final class RecordBuilder {
+    public let sink: RecordSink
+    public let bootTag: UInt32
+    public var clock: WallClock
+    public var filter: RecordFilter
+    public private(set) var table: FlowTable
+    let processes: ProcessCache
+    let cgroups: CgroupCache
+
+    public private(set) var seq: UInt64 = 0
+    /// Flow records emitted (listen, connect, established, accept, close).
+    public private(set) var flowRecords: UInt64 = 0
+    /// Stop after this many flow records (`--count`); nil: never.
+    public var flowRecordLimit: UInt64?
+    public var isFinished: Bool { flowRecordLimit.map { flowRecords >= $0 } ?? false }
+
+    /// Loss reported so far, per reason.
+    public private(set) var reportedRingLoss: UInt64 = 0
+    public private(set) var reportedStorageLoss: UInt64 = 0
+    public private(set) var undecodable: UInt64 = 0
+    private var reportedUndecodable: UInt64 = 0
+
+    public init(
+        sink: RecordSink, bootTag: UInt32, clock: WallClock = WallClock(), filter: RecordFilter = RecordFilter(),
+        flowTableLimit: Int = 1 << 18, processes: ProcessCache = ProcessCache(), cgroups: CgroupCache = CgroupCache()
+    ) {
+        self.sink = sink
+        self.bootTag = bootTag
+        self.clock = clock
+        self.filter = filter
+        self.table = FlowTable(limit: flowTableLimit)
+        self.processes = processes
+        self.cgroups = cgroups
+    }
+
+    // MARK: stream records
+
+    public func emitStart(_ details: StreamDetails) {
+        var r = Record(seq: nextSeq(), time: WallClock.now(), event: .start)
+        r.stream = details
+        sink.emit(r)
+    }
+
+    public func emitStop(reason: String, counters: [(String, UInt64)]) {
+        var d = StreamDetails()
+        d.stopReason = reason
+        d.counters = [("records", seq + 1), ("flow_records", flowRecords)] + counters
+        var r = Record(seq: nextSeq(), time: WallClock.now(), event: .stop)
+        r.stream = d
+        sink.emit(r)
+    }
+
+    /// The kernel's running totals of what it could not deliver; a `lost` record
+    /// for whatever is not yet reported. Called per event (from its header) and per
+    /// batch (from the counters), so a gap is reported before the next record.
+    public func noteKernelLoss(ringBuffer total: UInt64, socketStorage storage: UInt64? = nil) {
+        if total > reportedRingLoss {
+            emitLost(total - reportedRingLoss, .ringBufferFull)
+            reportedRingLoss = total
+        }
+        if let storage, storage > reportedStorageLoss {
+            emitLost(storage - reportedStorageLoss, .socketStorage)
+            reportedStorageLoss = storage
+        }
+    }
+
+    /// A sample that could not be decoded: counted, reported as `lost` at the end
+    /// of the batch (`flushPendingLoss`).
+    public func noteUndecodable() { undecodable &+= 1 }
+
+    public func flushPendingLoss() {
+        if undecodable > reportedUndecodable {
+            emitLost(undecodable - reportedUndecodable, .undecodable)
+            reportedUndecodable = undecodable
+        }
+    }
+
+    func emitLost(_ count: UInt64, _ reason: LostDetails.Reason) {
+        var r = Record(seq: nextSeq(), time: WallClock.now(), event: .lost)
+        r.lost = LostDetails(count: count, reason: reason)
+        sink.emit(r)
+    }
+
+    @inline(__always)
+    func nextSeq() -> UInt64 {
+        seq &+= 1
+        return seq
+    }
+
+    // MARK: flow records
+
+    /// Decodes and handles one ring-buffer sample.
+    public func handle(sample: UnsafeRawBufferPointer) {
+        do {
+            let event = try KernelEvent(bytes: sample)
+            handle(event)
+        } catch {
+            noteUndecodable()
+        }
+    }
+
+    public func handle(_ event: KernelEvent) {
+        guard !isFinished else { return }
+        let raw = event.raw
+        if raw.hdr.lost > reportedRingLoss { noteKernelLoss(ringBuffer: raw.hdr.lost) }
+        switch event.kind {
+        case .listen: onListen(raw)
+        case .connect: onConnect(raw)
+        case .established: onEstablished(raw)
+        case .accept: onAccept(raw)
+        case .close: onClose(raw)
+        }
+    }
+
+    func onListen(_ raw: sf_event) {
+        var flow = makeFlow(raw, direction: .inbound, withRemote: false)
+        flow.backlog = raw.backlog
+        flow.dualStack =
+            flow.family == .ipv6 && !flow.mapped && flow.local.address.isUnspecified
+            && raw.sock.flags & UInt8(SF_SOCK_V6ONLY.rawValue) == 0
+        let owner = processRecord(raw.task)
+        table.insert(.init(flow: flow, owner: owner, role: .listener, accepted: false))
+        emitFlow(.listen, raw, flow, owner)
+    }
+
+    func onConnect(_ raw: sf_event) {
+        let flow = makeFlow(raw, direction: .outbound, withRemote: true)
+        let owner = processRecord(raw.task)
+        table.insert(.init(flow: flow, owner: owner, role: .outbound, accepted: false))
+        emitFlow(.connect, raw, flow, owner)
+    }
+
+    func onEstablished(_ raw: sf_event) {
+        let cookie = raw.sock.cookie
+        if raw.role == FlowRole.outbound.rawValue {
+            let flow = makeFlow(raw, direction: .outbound, withRemote: true)
+            var owner = table[cookie]?.owner
+            if owner == nil, raw.task.flags & UInt32(SF_TASK_VALID.rawValue) != 0 { owner = processRecord(raw.task) }
+            if table[cookie] != nil {
+                table.update(cookie) { $0.flow.local = flow.local }
+            } else {
+                table.insert(.init(flow: flow, owner: owner, role: .outbound, accepted: false))
+            }
+            emitFlow(.established, raw, flow, owner)
+        } else {
+            // Passive: no process holds it until accept() returns it.
+            var flow = makeFlow(raw, direction: .inbound, withRemote: true)
+            if raw.listener_cookie != 0 { flow.listener = FlowID(boot: bootTag, cookie: raw.listener_cookie) }
+            table.insert(.init(flow: flow, owner: nil, role: .inbound, accepted: false))
+            emitFlow(.established, raw, flow, nil)
+        }
+    }
+
+    func onAccept(_ raw: sf_event) {
+        let cookie = raw.sock.cookie
+        let owner = processRecord(raw.task)
+        let flow: Flow
+        if let entry = table[cookie] {
+            // Endpoints as the handshake saw them: at accept a reset socket reads port 0.
+            flow = entry.flow
+            table.update(cookie) {
+                $0.owner = owner
+                $0.accepted = true
+            }
+        } else {
+            flow = makeFlow(raw, direction: .inbound, withRemote: true)
+            if !table.closedRecently(cookie), raw.tcp_state != TCPState.close.rawValue {
+                table.insert(.init(flow: flow, owner: owner, role: .inbound, accepted: true))
+            }
+        }
+        emitFlow(.accept, raw, flow, owner)
+    }
+
+    func onClose(_ raw: sf_event) {
+        let cookie = raw.sock.cookie
+        let entry = table.remove(cookie)
+        let role = FlowRole(rawValue: raw.role) ?? entry?.role ?? .outbound
+        var flow: Flow
+        if let entry {
+            flow = entry.flow
+        } else {
+            flow = makeFlow(raw, direction: role == .outbound ? .outbound : .inbound, withRemote: role != .listener)
+            if raw.listener_cookie != 0 { flow.listener = FlowID(boot: bootTag, cookie: raw.listener_cookie) }
+        }
+        var owner = entry?.owner
+        if owner == nil, role != .inbound, raw.task.flags & UInt32(SF_TASK_VALID.rawValue) != 0 {
+            owner = processRecord(raw.task)
+        }
+        let end = raw.hdr.ts_ns
+        var details = CloseDetails(
+            durationNanoseconds: end >= raw.start_ns && raw.start_ns != 0 ? end - raw.start_ns : 0,
+            bytesIn: nil, bytesOut: nil,
+            reason: Self.closeReason(
+                role: role, oldState: raw.tcp_state, skErr: Int32(raw.sk_err),
+                accepted: entry?.accepted ?? (role != .inbound)),
+            errno: Int32(raw.sk_err))
+        if role != .listener {
+            let bytes = Self.payloadBytes(raw, role: role)
+            details.bytesIn = bytes.in
+            details.bytesOut = bytes.out
+        }
+        emitFlow(.close, raw, flow, owner, close: details)
+    }
+
+    /// Payload bytes from the kernel's sequence-space counters: bytes_received
+    /// counts the peer's FIN, bytes_acked counts our FIN and, on the active side,
+    /// our SYN.
+    public static func payloadBytes(_ raw: sf_event, role: FlowRole) -> (in: UInt64, out: UInt64) {
+        let finRcvd: UInt64 = raw.close_flags & UInt8(SF_CLOSE_FIN_RCVD.rawValue) != 0 ? 1 : 0
+        let finAcked: UInt64 = raw.close_flags & UInt8(SF_CLOSE_FIN_ACKED.rawValue) != 0 ? 1 : 0
+        let syn: UInt64 = role == .outbound && raw.bytes_acked > 0 ? 1 : 0
+        let bytesIn = raw.bytes_received >= finRcvd ? raw.bytes_received - finRcvd : 0
+        let sub = syn + finAcked
+        let bytesOut = raw.bytes_acked >= sub ? raw.bytes_acked - sub : 0
+        return (bytesIn, bytesOut)
+    }
+
+    /// Why a flow ended, from the state it left and the kernel's sk_err.
+    public static func closeReason(role: FlowRole, oldState: UInt8, skErr: Int32, accepted: Bool) -> CloseReason {
+        if role == .listener { return .normal }
+        if role == .inbound && !accepted { return .aborted }
+        switch skErr {
+        case ECONNREFUSED: return .refused
+        case ETIMEDOUT: return .timeout
+        case ECONNRESET, EPIPE: return .reset
+        case 0: break
+        default: return .error
+        }
+        switch TCPState(rawValue: oldState) {
+        case .synSent, .synRecv: return .aborted  // closed during the handshake
+        case .established, .closeWait, .finWait1: return .reset  // we sent an RST (abort, linger 0, unread data)
+        default: return .normal
+        }
+    }
+
+    // MARK: helpers
+
+    @inline(__always)
+    func processRecord(_ task: sf_task) -> ProcessRecord {
+        ProcessRecord(task: task, details: processes.details(for: task), cgroup: cgroups.details(for: task.cgroup_id))
+    }
+
+    func makeFlow(_ raw: sf_event, direction: Direction, withRemote: Bool) -> Flow {
+        let s = raw.sock
+        var family: IPAddress.Family = s.family == UInt16(AF_INET6) ? .ipv6 : .ipv4
+        var local = withUnsafeBytes(of: s.laddr) { IPAddress(family: family, raw: $0) }
+        var remote = withUnsafeBytes(of: s.raddr) { IPAddress(family: family, raw: $0) }
+        var mapped = false
+        if family == .ipv6, let l4 = local.unmappedIPv4 {
+            // An AF_INET6 socket talking IPv4: both ends are mapped (the remote may
+            // still be unset on a listener). Reported as IPv4, marked.
+            if let r4 = remote.unmappedIPv4 {
+                remote = r4
+            } else if remote.isUnspecified {
+                remote = IPAddress(family: .ipv4, bytes: (0, 0))
+            }
+            local = l4
+            family = .ipv4
+            mapped = true
+        } else if family == .ipv6, local.isUnspecified, let r4 = remote.unmappedIPv4 {
+            remote = r4
+            local = IPAddress(family: .ipv4, bytes: (0, 0))
+            family = .ipv4
+            mapped = true
+        }
+        return Flow(
+            id: FlowID(boot: bootTag, cookie: s.cookie),
+            family: family, mapped: mapped, direction: direction,
+            local: Endpoint(address: local, port: s.lport),
+            remote: withRemote && (s.rport != 0 || !remote.isUnspecified) ? Endpoint(address: remote, port: s.rport) : nil,
+            netns: s.netns)
+    }
+
+    func emitFlow(_ type: EventType, _ raw: sf_event, _ flow: Flow, _ owner: ProcessRecord?, close: CloseDetails? = nil) {
+        if !filter.isEmpty, !admits(flow, owner) { return }
+        var r = Record(seq: nextSeq(), time: clock.wallTime(bootNanoseconds: raw.hdr.ts_ns), event: type)
+        r.flow = flow
+        r.process = owner
+        r.close = close
+        flowRecords &+= 1
+        sink.emit(r)
+    }
+
+    func admits(_ flow: Flow, _ owner: ProcessRecord?) -> Bool {
+        if let ports = filter.ports {
+            let rport = flow.remote?.port ?? 0
+            if !ports.contains(flow.local.port) && !ports.contains(rport) { return false }
+        }
+        if let pids = filter.pids {
+            if let owner { return pids.contains(owner.pid) }
+            guard let l = flow.listener, let lo = table[l.cookie]?.owner else { return false }
+            return pids.contains(lo.pid)
+        }
+        return true
+    }
+}
+
+/// The first 8 hex digits of the kernel's boot id, as a number: the `boot` part of
+/// every flow id.
+public enum BootID {
+    public static func tag(path: String = "/proc/sys/kernel/random/boot_id") -> UInt32 {
+        guard let text = FileIO.readString(path) else { return 0 }
+        let hex = text.prefix(8)
+        return UInt32(hex, radix: 16) ?? 0
+    }
+}

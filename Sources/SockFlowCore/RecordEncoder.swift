@@ -1,0 +1,278 @@
+import CSockFlowABI
+
+/// Writes records as JSON lines (the schema in docs/record.schema.json) or as
+/// aligned text. Keys always come in the same order; nothing here allocates.
+public enum RecordEncoder {
+    public static func json(_ r: borrowing Record, into b: inout ByteBuffer) {
+        b.append("{\"seq\":")
+        b.appendDecimal(r.seq)
+        b.append(",\"time\":\"")
+        b.appendRFC3339(nanosecondsSinceEpoch: r.time)
+        b.append("\",\"event\":\"")
+        b.append(ascii: r.event.rawValue)
+        b.append(UInt8(ascii: "\""))
+        switch r.event {
+        case .start:
+            if let s = r.stream { streamStart(s, into: &b) }
+        case .stop:
+            if let s = r.stream { streamStop(s, into: &b) }
+        case .lost:
+            b.append(",\"count\":")
+            b.appendDecimal(r.lost?.count ?? 0)
+            b.append(",\"reason\":\"")
+            b.append(ascii: (r.lost?.reason ?? .ringBufferFull).rawValue)
+            b.append(UInt8(ascii: "\""))
+        case .listen, .connect, .established, .accept, .close:
+            b.append(",\"flow\":")
+            if let f = r.flow { flow(f, into: &b) } else { b.append("null") }
+            b.append(",\"process\":")
+            if let p = r.process { process(p, into: &b) } else { b.append("null") }
+            b.append(",\"verdict\":{\"action\":\"")
+            b.append(ascii: r.verdict.action.rawValue)
+            b.append("\",\"rule\":")
+            if let rule = r.verdict.rule { b.appendJSONString(rule) } else { b.append("null") }
+            b.append(UInt8(ascii: "}"))
+            if r.event == .close, let c = r.close {
+                b.append(",\"duration_ns\":")
+                b.appendDecimal(c.durationNanoseconds)
+                b.append(",\"bytes_in\":")
+                optional(c.bytesIn, into: &b)
+                b.append(",\"bytes_out\":")
+                optional(c.bytesOut, into: &b)
+                b.append(",\"reason\":\"")
+                b.append(ascii: c.reason.rawValue)
+                b.append("\",\"errno\":")
+                b.appendDecimal(Int64(c.errno))
+            }
+        }
+        b.append("}\n")
+    }
+
+    @inline(__always)
+    static func optional(_ v: UInt64?, into b: inout ByteBuffer) {
+        if let v { b.appendDecimal(v) } else { b.append("null") }
+    }
+
+    static func flowID(_ id: FlowID, into b: inout ByteBuffer) {
+        b.append(UInt8(ascii: "\""))
+        b.appendHex(UInt64(id.boot), width: 8)
+        b.appendHex(id.cookie, width: 16)
+        b.append(UInt8(ascii: "\""))
+    }
+
+    static func endpoint(_ e: Endpoint, into b: inout ByteBuffer) {
+        b.append("{\"address\":\"")
+        b.appendAddress(e.address)
+        b.append("\",\"port\":")
+        b.appendDecimal(UInt64(e.port))
+        b.append(UInt8(ascii: "}"))
+    }
+
+    static func flow(_ f: Flow, into b: inout ByteBuffer) {
+        b.append("{\"id\":")
+        flowID(f.id, into: &b)
+        b.append(",\"cookie\":")
+        b.appendDecimal(f.id.cookie)
+        b.append(",\"protocol\":\"tcp\",\"family\":")
+        b.append(f.family == .ipv4 ? "\"ipv4\"" : "\"ipv6\"")
+        b.append(f.mapped ? ",\"mapped\":true" : ",\"mapped\":false")
+        b.append(f.direction == .inbound ? ",\"direction\":\"inbound\"" : ",\"direction\":\"outbound\"")
+        b.append(",\"local\":")
+        endpoint(f.local, into: &b)
+        b.append(",\"remote\":")
+        if let r = f.remote { endpoint(r, into: &b) } else { b.append("null") }
+        b.append(",\"netns\":")
+        b.appendDecimal(UInt64(f.netns))
+        b.append(",\"backlog\":")
+        if let v = f.backlog { b.appendDecimal(UInt64(v)) } else { b.append("null") }
+        b.append(",\"dual_stack\":")
+        if let d = f.dualStack { b.append(d ? "true" : "false") } else { b.append("null") }
+        b.append(",\"listener\":")
+        if let l = f.listener { flowID(l, into: &b) } else { b.append("null") }
+        b.append(UInt8(ascii: "}"))
+    }
+
+    static func process(_ p: ProcessRecord, into b: inout ByteBuffer) {
+        let t = p.task
+        b.append("{\"pid\":")
+        b.appendDecimal(UInt64(t.pid))
+        b.append(",\"tid\":")
+        b.appendDecimal(UInt64(t.tid))
+        b.append(",\"ppid\":")
+        b.appendDecimal(UInt64(t.ppid))
+        b.append(",\"uid\":")
+        b.appendDecimal(UInt64(t.uid))
+        b.append(",\"gid\":")
+        b.appendDecimal(UInt64(t.gid))
+        b.append(",\"comm\":")
+        b.appendJSONString(cString: t.comm)
+        b.append(",\"exe_name\":")
+        b.appendJSONString(cString: t.exe_name)
+        b.append(UInt8(ascii: ","))
+        if let d = p.details {
+            d.encodedJSON.withUnsafeBytes { b.append($0) }
+        } else {
+            b.append("\"exe\":null,\"cmdline\":null")
+        }
+        b.append(",\"cgroup_id\":")
+        b.appendDecimal(t.cgroup_id)
+        b.append(UInt8(ascii: ","))
+        if let c = p.cgroup {
+            c.encodedJSON.withUnsafeBytes { b.append($0) }
+        } else {
+            b.append("\"cgroup\":null,\"container\":null")
+        }
+        b.append(UInt8(ascii: "}"))
+    }
+
+    static func streamStart(_ s: StreamDetails, into b: inout ByteBuffer) {
+        b.append(",\"sockflow\":{\"version\":")
+        b.appendJSONString(s.version)
+        b.append(",\"abi\":")
+        b.appendDecimal(UInt64(SockFlowVersion.abi))
+        b.append(",\"kernel\":")
+        b.appendJSONString(s.kernel)
+        b.append(",\"hooks\":[")
+        for (i, h) in s.hooks.enumerated() {
+            if i > 0 { b.append(UInt8(ascii: ",")) }
+            b.appendJSONString(h)
+        }
+        b.append("],\"filters\":{")
+        for (i, (k, v)) in s.filters.enumerated() {
+            if i > 0 { b.append(UInt8(ascii: ",")) }
+            b.appendJSONString(k)
+            b.append(UInt8(ascii: ":"))
+            b.appendJSONString(v)
+        }
+        b.append("},\"ring_buffer_bytes\":")
+        b.appendDecimal(UInt64(s.ringBufferBytes))
+        b.append("}")
+    }
+
+    static func streamStop(_ s: StreamDetails, into b: inout ByteBuffer) {
+        b.append(",\"reason\":")
+        b.appendJSONString(s.stopReason)
+        b.append(",\"counters\":{")
+        for (i, (k, v)) in s.counters.enumerated() {
+            if i > 0 { b.append(UInt8(ascii: ",")) }
+            b.appendJSONString(k)
+            b.append(UInt8(ascii: ":"))
+            b.appendDecimal(v)
+        }
+        b.append("}")
+    }
+
+    // MARK: text
+
+    /// One aligned line per record, for people:
+    /// `21:00:00.123456 listen      tcp4 0.0.0.0:8080 -> -    pid=4242 python3 ...`
+    public static func text(_ r: borrowing Record, into b: inout ByteBuffer) {
+        // time of day, microseconds
+        let secs = r.time / 1_000_000_000
+        let sod = ((secs % 86400) + 86400) % 86400
+        b.appendPadded(UInt64(sod / 3600), width: 2); b.append(UInt8(ascii: ":"))
+        b.appendPadded(UInt64(sod % 3600 / 60), width: 2); b.append(UInt8(ascii: ":"))
+        b.appendPadded(UInt64(sod % 60), width: 2); b.append(UInt8(ascii: "."))
+        b.appendPadded(UInt64((r.time % 1_000_000_000 + 1_000_000_000) % 1_000_000_000 / 1000), width: 6)
+        b.append(UInt8(ascii: " "))
+        let eventStart = b.count
+        b.append(ascii: r.event.rawValue)
+        pad(&b, from: eventStart, to: 12)
+        switch r.event {
+        case .start:
+            b.append("sockflow ")
+            if let s = r.stream {
+                b.appendTextSafe(s.version)
+                b.append(" on ")
+                b.appendTextSafe(s.kernel)
+                b.append(", hooks: ")
+                b.appendTextSafe(s.hooks.joined(separator: ","))
+            }
+        case .stop:
+            if let s = r.stream {
+                b.appendTextSafe(s.stopReason)
+                for (k, v) in s.counters {
+                    b.append(UInt8(ascii: " "))
+                    b.appendTextSafe(k)
+                    b.append(UInt8(ascii: "="))
+                    b.appendDecimal(v)
+                }
+            }
+        case .lost:
+            b.appendDecimal(r.lost?.count ?? 0)
+            b.append(" records: ")
+            b.append(ascii: (r.lost?.reason ?? .ringBufferFull).rawValue)
+        case .listen, .connect, .established, .accept, .close:
+            if let f = r.flow {
+                let col = b.count
+                b.append(f.family == .ipv4 ? "tcp4" : "tcp6")
+                if f.dualStack == true { b.append("+4") }
+                pad(&b, from: col, to: 7)
+                let epStart = b.count
+                textEndpoint(f.local, into: &b)
+                b.append(" -> ")
+                if let rem = f.remote { textEndpoint(rem, into: &b) } else { b.append("*") }
+                pad(&b, from: epStart, to: 48)
+            }
+            if let p = r.process {
+                b.append("pid=")
+                b.appendDecimal(UInt64(p.task.pid))
+                b.append(UInt8(ascii: " "))
+                withUnsafeBytes(of: p.task.comm) { raw in
+                    let n = raw.firstIndex(of: 0) ?? raw.count
+                    b.appendTextSafe(UnsafeRawBufferPointer(rebasing: raw[0..<n]))
+                }
+                if let exe = p.details?.exe {
+                    b.append(UInt8(ascii: " "))
+                    b.appendTextSafe(exe)
+                }
+            } else {
+                b.append("pid=-")
+            }
+            if let c = r.close {
+                b.append(" reason=")
+                b.append(ascii: c.reason.rawValue)
+                b.append(" duration=")
+                b.appendDecimal(c.durationNanoseconds / 1000)
+                b.append("us")
+                if let i = c.bytesIn, let o = c.bytesOut {
+                    b.append(" in=")
+                    b.appendDecimal(i)
+                    b.append(" out=")
+                    b.appendDecimal(o)
+                }
+            }
+            if let f = r.flow, let l = f.listener {
+                b.append(" listener=")
+                b.appendHex(l.cookie, width: 1)
+            }
+        }
+        b.append(UInt8(ascii: "\n"))
+    }
+
+    static func textEndpoint(_ e: Endpoint, into b: inout ByteBuffer) {
+        if e.address.family == .ipv6 {
+            b.append(UInt8(ascii: "["))
+            b.appendAddress(e.address)
+            b.append("]:")
+        } else {
+            b.appendAddress(e.address)
+            b.append(UInt8(ascii: ":"))
+        }
+        b.appendDecimal(UInt64(e.port))
+    }
+
+    static func pad(_ b: inout ByteBuffer, from start: Int, to width: Int) {
+        let used = b.count - start
+        if used < width {
+            for _ in used..<width { b.append(UInt8(ascii: " ")) }
+        } else if width > 0 {
+            b.append(UInt8(ascii: " "))
+        }
+    }
+}
+
+public enum SockFlowVersion {
+    public static let version = "0.1.0"
+    public static let abi = Int(SF_ABI_VERSION)
+}

@@ -1,0 +1,32 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Converts the kernel's CLOCK_BOOTTIME stamps to wall-clock time. The offset is
+/// re-read once per batch, so NTP steps show up within one batch.
+public struct WallClock: Sendable {
+    public private(set) var offset: Int64 = 0
+
+    public init() { refresh() }
+
+    /// A fixed offset (tests).
+    public init(offset: Int64) { self.offset = offset }
+
+    public mutating func refresh() {
+        offset = Self.read(CLOCK_REALTIME) - Self.read(CLOCK_BOOTTIME)
+    }
+
+    @inline(__always)
+    public func wallTime(bootNanoseconds: UInt64) -> Int64 {
+        Int64(bitPattern: bootNanoseconds) &+ offset
+    }
+
+    public static func now() -> Int64 { read(CLOCK_REALTIME) }
+    public static func boottime() -> UInt64 { UInt64(read(CLOCK_BOOTTIME)) }
+
+    static func read(_ clock: clockid_t) -> Int64 {
+        var ts = timespec()
+        clock_gettime(clock, &ts)
+        return Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)
+    }
+}
