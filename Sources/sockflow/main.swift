@@ -1,0 +1,3 @@
+import SockFlowCLI
+
+SockflowCommand.run()
