@@ -54,7 +54,7 @@ let package = Package(
         // Unit tests: no root, no kernel (but the ABI test reads the embedded object's BTF).
         .testTarget(
             name: "SockFlowTests",
-            dependencies: ["SockFlowCore", "SockFlowBPF", "SockFlowCLI", "CSockFlowABI"],
+            dependencies: ["SockFlowCore", "SockFlowBPF", "SockFlow", "SockFlowCLI", "CSockFlowABI"],
             swiftSettings: swiftSettings),
         // Integration tests: root, real BPF programs, real processes and sockets.
         .testTarget(

@@ -148,6 +148,7 @@ public final class MonitorProgram {
     /// records them: the layout the BPF compiler used. Opens the object without
     /// loading it (no privileges needed).
     public static func embeddedStructLayout(_ name: String) -> (size: Int, members: [String: Int])? {
+        LibBPFLog.install(verbose: LibBPFLog.verbose)
         guard let skel = sockflow_bpf__open() else { return nil }
         defer { sockflow_bpf__destroy(skel) }
         guard let btf = bpf_object__btf(skel.pointee.obj) else { return nil }

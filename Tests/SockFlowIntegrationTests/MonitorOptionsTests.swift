@@ -1,0 +1,145 @@
+import Foundation
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+extension Integration {
+@Suite("Monitor options, loss and failure")
+struct MonitorOptionsTests {
+    @Test("--cgroup: sockets of that subtree only (the program is attached there)")
+    func cgroupScope() throws {
+        let cg = try TestCgroup("scope")
+        let run = try SockflowRun(["monitor", "--cgroup", cg.relative])
+        #expect(run.records[0].string("sockflow.filters.cgroup") == cg.path)
+        #expect((run.records[0][path: "sockflow.hooks"] as? [String])?.contains("sockops:\(cg.path)") == true)
+        let outside = try Helper(["listen"])
+        let inside = try Helper(["listen"], via: cg.wrapper)
+        let rec = try run.waitFor("listen inside the cgroup") { $0.event == "listen" && $0.localPort == inside.port }
+        #expect(rec.pid == inside.pid)
+        #expect(rec.string("process.cgroup") == cg.relative)
+        inside.finish()
+        outside.finish()
+        _ = try run.waitFor("close inside the cgroup") { $0.event == "close" && $0.localPort == inside.port }
+        #expect(run.stop() == 0)
+        #expect(!run.records.contains { $0.localPort == outside.port }, "the listener outside the cgroup is not reported")
+        #expect(run.records.allSatisfy { $0.event != "listen" || $0.string("process.cgroup") == cg.relative })
+        try run.validateStream()
+    }
+
+    @Test("--pid: only that process's records")
+    func pidFilter() throws {
+        let mine = try Helper(["listen", "--wait"])
+        let other = try Helper(["listen", "--wait"])
+        let run = try SockflowRun(["monitor", "--pid", String(mine.pid)])
+        mine.send("go")
+        other.send("go")
+        _ = try run.waitFor("listen of the pid") { $0.event == "listen" && $0.pid == mine.pid }
+        mine.finish()
+        other.finish()
+        _ = try run.waitFor("close of the pid") { $0.event == "close" && $0.pid == mine.pid }
+        #expect(run.stop() == 0)
+        let flows = run.records.filter { $0["flow"] != nil }
+        #expect(flows.count == 2)
+        #expect(flows.allSatisfy { $0.pid == mine.pid })
+        try run.validateStream()
+    }
+
+    @Test("--port (kernel filter) and --count: exits 0 by itself after N flow records")
+    func portAndCount() throws {
+        let h = try Helper(["listen", "--wait"])
+        let run = try SockflowRun(["monitor", "--port", String(h.port), "--count", "2"])
+        #expect(run.records[0].string("sockflow.filters.port") == String(h.port))
+        h.send("go")
+        h.finish()
+        #expect(run.waitForExit() == 0)
+        let recs = run.records
+        #expect(recs.filter { $0["flow"] != nil }.map(\.event) == ["listen", "close"])
+        #expect(recs.allSatisfy { $0["flow"] == nil || $0.localPort == h.port })
+        #expect(recs.last?.string("reason") == "count")
+        try run.validateStream()
+    }
+
+    @Test("--duration: exits 0 by itself")
+    func duration() throws {
+        let started = Date()
+        let run = try SockflowRun(["monitor", "--duration", "0.5", "--port", "1"])
+        #expect(run.waitForExit() == 0)
+        #expect(Date().timeIntervalSince(started) >= 0.5)
+        #expect(run.records.last?.string("reason") == "duration")
+        try run.validateStream()
+    }
+
+    @Test("--format text: one aligned human line per record")
+    func textFormat() throws {
+        let h = try Helper(["listen", "--wait"])
+        let run = try SockflowRun(["monitor", "--format", "text", "--port", String(h.port)], waitForStart: false)
+        _ = run.out.wait(timeout: 10) { $0.first }
+        #expect(run.out.snapshot.first?.contains(" start ") == true)
+        h.send("go")
+        let line = run.out.wait(timeout: 10) { lines in lines.first { $0.contains(" listen ") } }
+        let l = try #require(line)
+        #expect(l.contains("tcp4"))
+        #expect(l.contains("127.0.0.1:\(h.port) -> *"))
+        #expect(l.contains("pid=\(h.pid) sfhelper"))
+        h.finish()
+        #expect(run.stop() == 0)
+        #expect(run.out.snapshot.last?.contains(" stop ") == true)
+    }
+
+    @Test("a full ring buffer: the kernel counts, 'lost' records say how many, seq never jumps")
+    func lostRecords() throws {
+        // 4 KiB holds 15 records; the reader is woken only every second.
+        let run = try SockflowRun(["monitor", "--ring-buffer-size", "4K", "--max-delay", "1000"])
+        let burst = try Helper(["burst", "3000"])
+        let mine = { (r: JSON) in r.pid == burst.pid }
+        _ = try? run.waitFor("a lost record", timeout: 5) { $0.event == "lost" }
+        burst.finish()
+        #expect(run.stop() == 0)
+        let recs = run.records
+        let lost = recs.filter { $0.event == "lost" }
+        #expect(!lost.isEmpty)
+        #expect(lost.allSatisfy { $0.string("reason") == "ring_buffer_full" && ($0.int("count") ?? 0) > 0 })
+        let reportedLoss = lost.reduce(0) { $0 + ($1.int("count") ?? 0) }
+        #expect(reportedLoss == recs.last?.int("counters.lost"), "every lost record is reported in-band")
+        let seen = recs.filter(mine).count
+        #expect(seen < 6000)
+        #expect(seen + reportedLoss >= 6000, "seen \(seen) + lost \(reportedLoss) account for all 6000")
+        try run.validateStream()
+    }
+
+    @Test("not root: one line naming the missing capabilities, non-zero exit, nothing on stdout")
+    func unprivileged() throws {
+        let run = try SockflowRun(["monitor"], waitForStart: false, executableUser: "65534")
+        let status = try #require(run.waitForExit())
+        #expect(status != 0)
+        #expect(run.out.snapshot.isEmpty)
+        let err = run.err.snapshot
+        #expect(err.count == 1, "\(err)")
+        #expect(err.first?.hasPrefix("sockflow: check privileges") == true)
+        #expect(err.first?.contains("CAP_BPF") == true)
+        #expect(err.first?.contains("run as root") == true)
+    }
+
+    @Test("stdout closed by its reader after two lines: sockflow notices, detaches and exits 0")
+    func outputClosed() throws {
+        let h = try Helper(["listen", "--wait"])
+        let shell = Process()
+        shell.executableURL = URL(fileURLWithPath: "/bin/bash")
+        shell.arguments = ["-c", "set -o pipefail; '\(Paths.sockflow)' monitor --port \(h.port) | { read -r a; echo \"$a\"; read -r b; echo \"$b\"; }; echo status=${PIPESTATUS[0]}"]
+        let pipe = Pipe()
+        shell.standardOutput = pipe
+        try shell.run()
+        let out = LineCollector(fd: dup(pipe.fileHandleForReading.fileDescriptor))
+        try? pipe.fileHandleForReading.close()
+        #expect(out.wait(timeout: 10) { $0.first } != nil, "start record")
+        h.send("go")  // the listen record: head prints it and exits
+        #expect(out.wait(timeout: 10) { $0.count >= 2 ? true : nil } == true)
+        h.finish()  // the close record meets a closed pipe
+        let status = out.wait(timeout: 10) { lines in lines.first { $0.hasPrefix("status=") } }
+        #expect(status == "status=0")
+        shell.waitUntilExit()
+    }
+}
+}

@@ -1,0 +1,117 @@
+import Foundation
+import Testing
+@testable import SockFlowCore
+
+@Suite("JSON writing: escaping, numbers, addresses, time")
+struct JSONWriterTests {
+    func encode(_ bytes: [UInt8]) -> String {
+        var b = ByteBuffer()
+        bytes.withUnsafeBytes { b.appendJSONString($0) }
+        return b.string
+    }
+
+    func parse(_ jsonString: String) throws -> String {
+        let wrapped = "[" + jsonString + "]"
+        let v = try JSONSerialization.jsonObject(with: Data(wrapped.utf8)) as? [String]
+        return try #require(v?.first)
+    }
+
+    static let hostile: [[UInt8]] = [
+        Array("plain".utf8),
+        Array("quote\" backslash\\ slash/".utf8),
+        Array("new\nline\r\ttab\u{8}\u{c}".utf8),
+        [0x01, 0x02, 0x1b, 0x5b, 0x33, 0x31, 0x6d, 0x7f, 0x00, 0x41],
+        Array("\"}\n{\"seq\":1,\"event\":\"listen\"}".utf8),
+        Array("héllo wörld ✓ 🐛 \u{2028}\u{2029}".utf8),
+    ]
+
+    @Test("hostile valid UTF-8 round-trips exactly and stays on one line", arguments: hostile)
+    func roundTrip(_ input: [UInt8]) throws {
+        let out = encode(input)
+        #expect(!out.utf8.contains(0x0a) && !out.utf8.contains(0x0d), "no raw line breaks")
+        #expect(!out.utf8.contains { $0 < 0x20 }, "no raw control bytes")
+        #expect(try parse(out) == String(decoding: input, as: UTF8.self))
+    }
+
+    @Test("invalid UTF-8 becomes U+FFFD per bad byte; the line stays valid JSON")
+    func invalidUTF8() throws {
+        let cases: [([UInt8], String)] = [
+            ([0xff], "\u{FFFD}"),
+            ([0xc3, 0x28], "\u{FFFD}("),
+            ([0xe2, 0x82], "\u{FFFD}\u{FFFD}"),  // truncated 3-byte sequence
+            ([0xed, 0xa0, 0x80], "\u{FFFD}\u{FFFD}\u{FFFD}"),  // UTF-16 surrogate
+            ([0xc0, 0xaf], "\u{FFFD}\u{FFFD}"),  // overlong '/'
+            ([0xf4, 0x90, 0x80, 0x80], "\u{FFFD}\u{FFFD}\u{FFFD}\u{FFFD}"),  // > U+10FFFF
+            ([0x61, 0xf0, 0x9f, 0x90, 0x9b, 0x62], "a🐛b"),
+        ]
+        for (input, expected) in cases {
+            #expect(try parse(encode(input)) == expected, "\(input)")
+        }
+    }
+
+    @Test("control characters use the short escapes JSON has, \\u00XX otherwise")
+    func escapes() {
+        #expect(encode(Array("a\"b\\c\n\r\t".utf8)) == #""a\"b\\c\n\r\t""#)
+        #expect(encode([0x00, 0x1f, 0x7f]) == #""\u0000\u001f\u007f""#)
+    }
+
+    @Test("text output escapes control bytes and invalid UTF-8 visibly")
+    func textSafe() {
+        var b = ByteBuffer()
+        ([0x61, 0x0a, 0x1b, 0xff, 0x62] as [UInt8]).withUnsafeBytes { b.appendTextSafe($0) }
+        #expect(b.string == "a\\x0a\\x1b\\xffb")
+    }
+
+    @Test("integers", arguments: [UInt64(0), 7, 9, 10, 99, 100, 101, 12345, 4_026_531_840, UInt64.max])
+    func decimals(_ v: UInt64) {
+        var b = ByteBuffer(capacity: 1)
+        b.appendDecimal(v)
+        #expect(b.string == String(v))
+    }
+
+    @Test func negativeIntegers() {
+        var b = ByteBuffer()
+        b.appendDecimal(Int64(-42))
+        b.append(UInt8(ascii: " "))
+        b.appendDecimal(Int64.min)
+        #expect(b.string == "-42 \(Int64.min)")
+    }
+
+    @Test("RFC 3339 with nanoseconds, UTC")
+    func time() {
+        let cases: [(Int64, String)] = [
+            (0, "1970-01-01T00:00:00.000000000Z"),
+            (1_795_294_800_123_456_789, "2026-11-21T21:00:00.123456789Z"),
+            (951_782_400_000_000_001, "2000-02-29T00:00:00.000000001Z"),
+            (4_107_542_399_999_999_999, "2100-02-28T23:59:59.999999999Z"),
+        ]
+        for (ns, text) in cases {
+            var b = ByteBuffer()
+            b.appendRFC3339(nanosecondsSinceEpoch: ns)
+            #expect(b.string == text)
+        }
+    }
+
+    @Test("IPv6 text per RFC 5952", arguments: [
+        ("::", "::"), ("::1", "::1"), ("2001:db8::1", "2001:db8::1"),
+        ("2001:0db8:0000:0000:0001:0000:0000:0001", "2001:db8::1:0:0:1"),
+        ("2001:db8:0:1:1:1:1:1", "2001:db8:0:1:1:1:1:1"), ("fe80::a:b", "fe80::a:b"),
+        ("::ffff:10.1.2.3", "::ffff:10.1.2.3"), ("1:0:0:2:0:0:0:3", "1:0:0:2::3"),
+        ("ABCD:EF01:2345:6789:ABCD:EF01:2345:6789", "abcd:ef01:2345:6789:abcd:ef01:2345:6789"),
+    ])
+    func ipv6(_ input: String, _ expected: String) throws {
+        let a = try #require(IPAddress(input))
+        #expect(a.family == .ipv6)
+        #expect(a.description == expected)
+    }
+
+    @Test func ipv4() throws {
+        #expect(try #require(IPAddress("192.168.0.255")).description == "192.168.0.255")
+        #expect(IPAddress("256.1.1.1") == nil)
+        #expect(IPAddress("1:2:3") == nil)
+        #expect(IPAddress("1::2::3") == nil)
+        let mapped = try #require(IPAddress("::ffff:127.0.0.1"))
+        #expect(mapped.isIPv4Mapped)
+        #expect(mapped.unmappedIPv4?.description == "127.0.0.1")
+    }
+}
