@@ -45,6 +45,8 @@ public final class Monitor: @unchecked Sendable {
     private let epollFD: Int32
     private let stopFD: Int32
     private var signalFD: Int32 = -1
+    /// Samples taken from the ring, filtered or not: what tells an empty batch.
+    private let samples = SampleCounter()
 
     /// Loads and attaches; records flow once `run()` starts. Throws a `BPFError`
     /// that names what is missing (privilege, BTF, a hook) with nothing left attached.
@@ -68,7 +70,9 @@ public final class Monitor: @unchecked Sendable {
         self.stopFD = eventfd(0, Int32(EFD_CLOEXEC | EFD_NONBLOCK))
         guard epollFD >= 0, stopFD >= 0 else { throw BPFError("create the event loop", code: errno) }
         let builder = self.builder
+        let samples = self.samples
         self.ring = try RingBuffer(mapFD: program.ringBufferFD) { sample in
+            samples.count &+= 1
             builder.handle(sample: sample)
             return !builder.isFinished
         }
@@ -165,9 +169,11 @@ public final class Monitor: @unchecked Sendable {
                 default: break
                 }
             }
-            let before = builder.seq
+            // "Empty" means no sample at all: a batch whose records a user-space
+            // filter dropped still moved the kernel's wakeup clock.
+            let before = samples.count
             try pump()
-            active = builder.seq != before
+            active = samples.count != before
             if !output.flush() { reason = .outputClosed }
             if builder.isFinished { reason = .count }
         }
@@ -200,4 +206,8 @@ public final class Monitor: @unchecked Sendable {
             ])
         _ = output.flush()
     }
+}
+
+final class SampleCounter {
+    var count: UInt64 = 0
 }

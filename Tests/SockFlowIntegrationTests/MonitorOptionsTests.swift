@@ -46,6 +46,25 @@ struct MonitorOptionsTests {
         try run.validateStream()
     }
 
+    @Test("a batch holding only filtered-out records still counts as activity: the next record is not stranded")
+    func filteredBatchDoesNotStrand() throws {
+        // With a 1 s delay the kernel wakes the reader at most once a second. `other`'s
+        // first record forces a wakeup but is filtered out; `mine`'s close comes right
+        // after, without a wakeup. The reader must look again one interval later.
+        let mine = try Helper(["listen", "--wait"])
+        let other = try Helper(["listen", "--wait"])
+        let run = try SockflowRun(["monitor", "--pid", String(mine.pid), "--max-delay", "1000"])
+        mine.send("go")
+        _ = try run.waitFor("listen of the pid") { $0.event == "listen" && $0.pid == mine.pid }
+        other.send("go")
+        usleep(50_000)
+        mine.finish()
+        _ = try run.waitFor("close of the pid", timeout: 5) { $0.event == "close" && $0.pid == mine.pid }
+        other.finish()
+        #expect(run.stop() == 0)
+        try run.validateStream()
+    }
+
     @Test("--port (kernel filter) and --count: exits 0 by itself after N flow records")
     func portAndCount() throws {
         let h = try Helper(["listen", "--wait"])
