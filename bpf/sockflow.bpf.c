@@ -44,6 +44,16 @@ struct {
 	__type(value, struct sf_sock_state);
 } socks SEC(".maps");
 
+/* Process instances seen recently (tgid -> start time ^ exec count). The first
+ * record of an instance wakes the reader at once, so it reads /proc while a
+ * short-lived process (curl, a script) still exists. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, __u64);
+} procs SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, SF_MAX_FILTER_PORTS);
@@ -100,6 +110,23 @@ static __always_inline struct sf_event *reserve(__u16 kind)
 static __always_inline void submit(struct sf_event *e)
 {
 	bpf_ringbuf_submit(e, wakeup_flags(e->hdr.ts_ns));
+}
+
+/* For records with a task from process context: wake the reader now if this
+ * process instance is new to it. */
+static __always_inline void submit_with_task(struct sf_event *e)
+{
+	__u64 instance = e->task.start_ns ^ (e->task.exec_id << 48);
+	__u64 *seen = bpf_map_lookup_elem(&procs, &e->task.pid);
+
+	if (seen && *seen == instance) {
+		submit(e);
+		return;
+	}
+	bpf_map_update_elem(&procs, &e->task.pid, &instance, BPF_ANY);
+	if (cfg.wakeup_interval_ns)
+		last_wakeup_ns = e->hdr.ts_ns;
+	bpf_ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
 }
 
 /* The current task, in process context only. */
@@ -210,7 +237,7 @@ static __always_inline int on_listen(struct bpf_sock_ops *skops)
 	e->role = SF_ROLE_LISTENER;
 	if (tp)
 		e->backlog = tp->inet_conn.icsk_inet.sk.sk_max_ack_backlog;
-	submit(e);
+	submit_with_task(e);
 	return 1;
 }
 
@@ -242,7 +269,7 @@ static __always_inline int on_connect(struct bpf_sock_ops *skops)
 	e->task = st->owner;
 	e->start_ns = st->start_ns;
 	e->role = SF_ROLE_OUTBOUND;
-	submit(e);
+	submit_with_task(e);
 	return 1;
 }
 
@@ -438,7 +465,7 @@ static __always_inline int on_accept(long fd)
 	e->fd = fd;
 	e->role = SF_ROLE_INBOUND;
 	fill_task(&e->task);
-	submit(e);
+	submit_with_task(e);
 	return 0;
 }
 

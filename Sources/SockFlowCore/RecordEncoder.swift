@@ -242,9 +242,13 @@ public enum RecordEncoder {
                     b.appendDecimal(o)
                 }
             }
-            if let f = r.flow, let l = f.listener {
-                b.append(" listener=")
-                b.appendHex(l.cookie, width: 1)
+            if let f = r.flow {
+                b.append(" cookie=")
+                b.appendDecimal(f.cookie)
+                if let l = f.listener {
+                    b.append(" listener=")
+                    b.appendDecimal(l.cookie)
+                }
             }
         }
         b.append(UInt8(ascii: "\n"))
