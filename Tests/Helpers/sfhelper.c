@@ -214,6 +214,12 @@ static int cmd_burst(int n)
 
 int main(int argc, char **argv)
 {
+	sigset_t none;
+
+	/* A test runner may spawn us from a thread that blocks every signal: unblock,
+	 * or SIGTERM from the test's cleanup would never arrive. */
+	sigemptyset(&none);
+	sigprocmask(SIG_SETMASK, &none, NULL);
 	signal(SIGPIPE, SIG_IGN);
 	if (argc < 2) {
 		fprintf(stderr, "usage: sfhelper listen|hostile ...\n");

@@ -153,12 +153,7 @@ final class SockflowRun: @unchecked Sendable {
         }
     }
 
-    deinit {
-        if process.isRunning {
-            process.terminate()
-            process.waitUntilExit()
-        }
-    }
+    deinit { Helper.reap(process) }
 
     /// Every line so far, parsed (a line that is not one JSON object fails the test).
     var records: [JSON] {
@@ -196,10 +191,7 @@ final class SockflowRun: @unchecked Sendable {
         if process.isRunning { kill(process.processIdentifier, sig) }
         let deadline = Date().addingTimeInterval(timeout)
         while process.isRunning && Date() < deadline { usleep(10_000) }
-        if process.isRunning {
-            process.terminate()
-        }
-        process.waitUntilExit()
+        Helper.reap(process)
         _ = out.waitClosed(timeout: 5)
         _ = err.waitClosed(timeout: 5)
         return process.terminationStatus
@@ -302,15 +294,18 @@ final class Helper: @unchecked Sendable {
         try? stdin.fileHandleForWriting.close()
         let deadline = Date().addingTimeInterval(timeout)
         while process.isRunning && Date() < deadline { usleep(5_000) }
-        if process.isRunning { process.terminate() }
-        process.waitUntilExit()
+        Self.reap(process)
     }
 
-    deinit {
-        if process.isRunning {
-            process.terminate()
-            process.waitUntilExit()
-        }
+    deinit { Self.reap(process) }
+
+    /// SIGTERM, then SIGKILL after a second: a failed test must not leave helpers behind.
+    static func reap(_ p: Process) {
+        guard p.isRunning else { return }
+        kill(p.processIdentifier, SIGTERM)
+        for _ in 0..<100 where p.isRunning { usleep(10_000) }
+        if p.isRunning { kill(p.processIdentifier, SIGKILL) }
+        p.waitUntilExit()
     }
 }
 
