@@ -5,7 +5,7 @@
 # the skeleton that embeds it, then build the Swift package.
 
 .DELETE_ON_ERROR:
-.PHONY: all deps bpf swift release run test unit integration clean help
+.PHONY: all deps bpf swift release run test unit integration clean help bench-consumer
 
 ARCH := $(shell uname -m | sed -e 's/x86_64/x86/' -e 's/aarch64/arm64/')
 MULTIARCH := $(shell gcc -print-multiarch 2>/dev/null)
@@ -74,6 +74,11 @@ test: release $(OUT)/sfhelper
 
 unit: bpf
 	$(SWIFT) test --filter SockFlowTests
+
+# The consumer alone (no kernel): decode + flow table + owner + JSON + write(2).
+bench-consumer: bpf
+	$(SWIFT) build -c release --product sockflow-bench
+	./.build/release/sockflow-bench consumer 500000 7
 
 clean:
 	rm -rf $(OUT) $(SKEL) .build

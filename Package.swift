@@ -50,6 +50,10 @@ let package = Package(
             ],
             swiftSettings: swiftSettings),
         .executableTarget(name: "sockflow", dependencies: ["SockFlowCLI"], swiftSettings: swiftSettings),
+        // Benchmarks (make bench).
+        .executableTarget(
+            name: "sockflow-bench", dependencies: ["SockFlow", "SockFlowCore", "CSockFlowABI"],
+            swiftSettings: swiftSettings),
 
         // Unit tests: no root, no kernel (but the ABI test reads the embedded object's BTF).
         .testTarget(

@@ -18,7 +18,8 @@ public protocol FlushingRecordSink: RecordSink {
 public final class LineWriter: FlushingRecordSink {
     public let format: OutputFormat
     public let fd: Int32
-    private var buffer = ByteBuffer(capacity: 1 << 20)
+    /// Written only by the consumer thread.
+    @exclusivity(unchecked) private var buffer = ByteBuffer(capacity: 1 << 20)
     /// The errno that stopped output, 0 while it works.
     public private(set) var writeError: Int32 = 0
     public private(set) var bytesWritten: UInt64 = 0

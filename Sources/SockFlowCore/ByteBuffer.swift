@@ -11,6 +11,10 @@ public struct ByteBuffer: ~Copyable {
     @usableFromInline var base: UnsafeMutablePointer<UInt8>
     @usableFromInline var capacity: Int
     public private(set) var count: Int = 0
+    /// The last second `appendRFC3339` formatted, and its 20-byte
+    /// "YYYY-MM-DDTHH:MM:SS." prefix: records of one second share it.
+    private var timeSecond = Int64.min
+    private var timePrefix: (UInt64, UInt64, UInt64) = (0, 0, 0)
 
     public init(capacity: Int = 4096) {
         self.capacity = max(capacity, 64)
@@ -95,28 +99,21 @@ public struct ByteBuffer: ~Copyable {
 
     // MARK: numbers
 
-    /// "00" ... "99": two digits per division.
-    @usableFromInline static let digitPairs: [UInt8] = {
-        var t = [UInt8]()
-        for i in 0..<100 {
-            t.append(UInt8(ascii: "0") + UInt8(i / 10))
-            t.append(UInt8(ascii: "0") + UInt8(i % 10))
-        }
-        return t
-    }()
+    /// "00" ... "99": two digits per division (a StaticString: no lazy global).
+    @usableFromInline static let digitPairs: StaticString =
+        "00010203040506070809101112131415161718192021222324252627282930313233343536373839404142434445464748495051525354555657585960616263646566676869707172737475767778798081828384858687888990919293949596979899"
 
     public mutating func appendDecimal(_ value: UInt64) {
         if value < 10 {
             append(UInt8(ascii: "0") &+ UInt8(truncatingIfNeeded: value))
             return
         }
-        var digits = 1
-        var v = value
-        while v >= 10 { v /= 10; digits &+= 1 }
+        let digits = Self.decimalDigits(value)
         reserve(digits)
         var pos = count &+ digits
-        v = value
-        Self.digitPairs.withUnsafeBufferPointer { pairs in
+        var v = value
+        do {
+            let pairs = Self.digitPairs.utf8Start
             while v >= 100 {
                 let r = Int(v % 100)
                 v /= 100
@@ -135,6 +132,20 @@ public struct ByteBuffer: ~Copyable {
             }
         }
         count &+= digits
+    }
+
+    @inline(__always)
+    static func decimalDigits(_ v: UInt64) -> Int {
+        if v < 100_000 {
+            return v < 10 ? 1 : v < 100 ? 2 : v < 1000 ? 3 : v < 10000 ? 4 : 5
+        }
+        var n = 6
+        var p: UInt64 = 1_000_000
+        while n < 20 && v >= p {
+            n &+= 1
+            p &*= 10
+        }
+        return n
     }
 
     public mutating func appendDecimal(_ value: Int64) {
@@ -355,15 +366,26 @@ public struct ByteBuffer: ~Copyable {
     public mutating func appendRFC3339(nanosecondsSinceEpoch ns: Int64) {
         let secs = ns >= 0 ? ns / 1_000_000_000 : (ns - 999_999_999) / 1_000_000_000
         let frac = UInt64(ns - secs * 1_000_000_000)
-        let days = secs >= 0 ? secs / 86400 : (secs - 86399) / 86400
-        let sod = secs - days * 86400
-        let (y, m, d) = Self.civil(fromDays: days)
-        appendPadded(UInt64(y), width: 4); append(UInt8(ascii: "-"))
-        appendPadded(UInt64(m), width: 2); append(UInt8(ascii: "-"))
-        appendPadded(UInt64(d), width: 2); append(UInt8(ascii: "T"))
-        appendPadded(UInt64(sod / 3600), width: 2); append(UInt8(ascii: ":"))
-        appendPadded(UInt64(sod % 3600 / 60), width: 2); append(UInt8(ascii: ":"))
-        appendPadded(UInt64(sod % 60), width: 2); append(UInt8(ascii: "."))
+        if secs != timeSecond {
+            let start = count
+            let days = secs >= 0 ? secs / 86400 : (secs - 86399) / 86400
+            let sod = secs - days * 86400
+            let (y, m, d) = Self.civil(fromDays: days)
+            appendPadded(UInt64(y), width: 4); append(UInt8(ascii: "-"))
+            appendPadded(UInt64(m), width: 2); append(UInt8(ascii: "-"))
+            appendPadded(UInt64(d), width: 2); append(UInt8(ascii: "T"))
+            appendPadded(UInt64(sod / 3600), width: 2); append(UInt8(ascii: ":"))
+            appendPadded(UInt64(sod % 3600 / 60), width: 2); append(UInt8(ascii: ":"))
+            appendPadded(UInt64(sod % 60), width: 2); append(UInt8(ascii: "."))
+            if count - start == 20 {  // years 0...9999 (always, in practice)
+                Swift.withUnsafeMutableBytes(of: &timePrefix) { $0.copyMemory(from: UnsafeRawBufferPointer(start: base + start, count: 20)) }
+                timeSecond = secs
+            }
+        } else {
+            reserve(20)
+            Swift.withUnsafeBytes(of: timePrefix) { UnsafeMutableRawPointer(base + count).copyMemory(from: $0.baseAddress!, byteCount: 20) }
+            count &+= 20
+        }
         appendPadded(frac, width: 9); append(UInt8(ascii: "Z"))
     }
 

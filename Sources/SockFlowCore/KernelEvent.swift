@@ -45,6 +45,12 @@ public struct KernelEvent: Sendable {
 
     /// Decodes a sample. Checks the size before reading; reads unaligned.
     public init(bytes: UnsafeRawBufferPointer) throws(DecodeError) {
+        self.kind = try Self.validate(bytes)
+        self.raw = bytes.loadUnaligned(as: sf_event.self)
+    }
+
+    /// Checks a sample's size and kind without copying it.
+    public static func validate(_ bytes: UnsafeRawBufferPointer) throws(DecodeError) -> KernelEventKind {
         guard bytes.count >= Self.headerSize else {
             throw DecodeError(code: .truncated(size: bytes.count, needed: Self.headerSize))
         }
@@ -58,8 +64,7 @@ public struct KernelEvent: Sendable {
         guard bytes.count >= Self.size else {
             throw DecodeError(code: .truncated(size: bytes.count, needed: Self.size))
         }
-        self.kind = kind
-        self.raw = bytes.loadUnaligned(as: sf_event.self)
+        return kind
     }
 
     public init(kind: KernelEventKind, raw: sf_event) {

@@ -3,30 +3,88 @@ import Glibc
 #endif
 import CSockFlowABI
 
-/// What /proc said about a process: the executable's path and the command line,
-/// kept as strings for the API and pre-encoded as the JSON fragment
-/// `"exe":…,"cmdline":[…]` so that records reuse it without re-escaping.
+/// What /proc said about a process: the executable's path and the command line.
 public final class ProcessDetails: Sendable {
     public let exe: String?
     public let cmdline: [String]?
-    let encodedJSON: [UInt8]
+    let exeBytes: [UInt8]?
+    let cmdlineBytes: [[UInt8]]?
 
     public init(exe: String?, exeBytes: [UInt8]? = nil, cmdline: [[UInt8]]?) {
         self.exe = exe
+        self.exeBytes = exeBytes ?? exe.map { Array($0.utf8) }
+        self.cmdlineBytes = cmdline
         self.cmdline = cmdline.map { $0.map { String(decoding: $0, as: UTF8.self) } }
-        var b = ByteBuffer(capacity: 256)
-        b.append("\"exe\":")
-        if let exeBytes {
-            exeBytes.withUnsafeBytes { b.appendJSONString($0) }
-        } else if let exe {
-            b.appendJSONString(exe)
-        } else {
-            b.append("null")
+    }
+}
+
+/// One process instance as records show it: the fields every record of the process
+/// repeats, resolved once (owner details from /proc, the cgroup path) and encoded
+/// once as the JSON around the per-thread `tid` and `comm`:
+///
+///     {"pid":P,"tid":  <tid>  ,"ppid":…,"uid":…,"gid":…,"comm":  <comm>  ,"exe_name":…,…,"container":…}
+///     └─── head ────┘        └──────────── middle ─────────────┘        └──────────── tail ───────────┘
+///
+/// A new instance is made when anything in it changes (exec, setuid, a new
+/// parent, another cgroup), so a record always shows what the kernel recorded.
+public final class ProcessInstance: @unchecked Sendable {
+    public let pid: Int32
+    public let ppid: Int32
+    public let uid: UInt32
+    public let gid: UInt32
+    public let cgroupID: UInt64
+    public let isKernelThread: Bool
+    public let details: ProcessDetails?
+    public let cgroup: CgroupDetails?
+    let startNanoseconds: UInt64
+    let execID: UInt64
+    let exeIno: UInt64
+    let exeDev: UInt32
+    let exeNameBytes: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64)
+    let head: [UInt8]
+    let middle: [UInt8]
+    let tail: [UInt8]
+
+    init(task t: sf_task, details: ProcessDetails?, cgroup: CgroupDetails?) {
+        pid = Int32(bitPattern: t.pid)
+        ppid = Int32(bitPattern: t.ppid)
+        uid = t.uid
+        gid = t.gid
+        cgroupID = t.cgroup_id
+        isKernelThread = t.flags & UInt32(SF_TASK_KTHREAD.rawValue) != 0
+        startNanoseconds = t.start_ns
+        execID = t.exec_id
+        exeIno = t.exe_ino
+        exeDev = t.exe_dev
+        exeNameBytes = Swift.withUnsafeBytes(of: t.exe_name) {
+            $0.loadUnaligned(as: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64).self)
         }
+        self.details = details
+        self.cgroup = cgroup
+
+        var b = ByteBuffer(capacity: 64)
+        b.append("{\"pid\":")
+        b.appendDecimal(UInt64(t.pid))
+        b.append(",\"tid\":")
+        head = b.bytes
+        b.removeAll()
+        b.append(",\"ppid\":")
+        b.appendDecimal(UInt64(t.ppid))
+        b.append(",\"uid\":")
+        b.appendDecimal(UInt64(t.uid))
+        b.append(",\"gid\":")
+        b.appendDecimal(UInt64(t.gid))
+        b.append(",\"comm\":")
+        middle = b.bytes
+        b.removeAll()
+        b.append(",\"exe_name\":")
+        b.appendJSONString(cString: t.exe_name)
+        b.append(",\"exe\":")
+        if let exe = details?.exeBytes { exe.withUnsafeBytes { b.appendJSONString($0) } } else { b.append("null") }
         b.append(",\"cmdline\":")
-        if let cmdline {
+        if let args = details?.cmdlineBytes {
             b.append(UInt8(ascii: "["))
-            for (i, arg) in cmdline.enumerated() {
+            for (i, arg) in args.enumerated() {
                 if i > 0 { b.append(UInt8(ascii: ",")) }
                 arg.withUnsafeBytes { b.appendJSONString($0) }
             }
@@ -34,53 +92,88 @@ public final class ProcessDetails: Sendable {
         } else {
             b.append("null")
         }
-        self.encodedJSON = b.bytes
+        b.append(",\"cgroup_id\":")
+        b.appendDecimal(t.cgroup_id)
+        b.append(UInt8(ascii: ","))
+        if let c = cgroup {
+            c.encodedJSON.withUnsafeBytes { b.append($0) }
+        } else {
+            b.append("\"cgroup\":null,\"container\":null")
+        }
+        b.append(UInt8(ascii: "}"))
+        tail = b.bytes
+    }
+
+    public var exeName: String { Self.string(exeNameBytes) }
+
+    /// Does the kernel's view of the task still match this instance?
+    @inline(__always)
+    func matches(_ t: sf_task) -> Bool {
+        t.start_ns == startNanoseconds && t.exec_id == execID && t.uid == uid && t.gid == gid
+            && Int32(bitPattern: t.ppid) == ppid && t.cgroup_id == cgroupID && t.exe_ino == exeIno
+            && t.exe_dev == exeDev
+    }
+
+    static func string<T>(_ tuple: T) -> String {
+        Swift.withUnsafeBytes(of: tuple) { raw in
+            let n = raw.firstIndex(of: 0) ?? raw.count
+            return String(decoding: raw[0..<n], as: UTF8.self)
+        }
     }
 }
 
-/// Executable path and command line per process, read from /proc once per
-/// process instance and cached.
+/// Process instances by pid, with their /proc details read once.
 ///
-/// A process instance is (pid, start time, exec count) as the kernel recorded them
-/// in the event. /proc is read only if its `starttime` matches the event's, before
-/// and after the reads, so a pid that was reused can never lend the new process's
+/// An instance is (pid, start time, exec count) as the kernel recorded them in the
+/// event. /proc is read only if its `starttime` matches the event's, before and
+/// after the reads, so a pid that was reused can never lend the new process's
 /// name to an old record; a process that is gone gets `nil`, never a guess.
 public final class ProcessCache {
-    struct Key: Hashable {
-        let pid: UInt32
-        let startNanoseconds: UInt64
-        let execID: UInt64
-    }
-
     let procRoot: String
     let ticksPerSecond: UInt64
     let limit: Int
-    private var entries: [UInt32: (key: Key, details: ProcessDetails?)] = [:]
+    let cgroups: CgroupCache
+    @exclusivity(unchecked) private var entries: [UInt32: ProcessInstance] = [:]
     public private(set) var procReads: UInt64 = 0
 
-    public init(procRoot: String = "/proc", limit: Int = 65536) {
+    public init(procRoot: String = "/proc", cgroups: CgroupCache = CgroupCache(), limit: Int = 65536) {
         self.procRoot = procRoot
+        self.cgroups = cgroups
         self.limit = limit
         let hz = sysconf(Int32(_SC_CLK_TCK))
         self.ticksPerSecond = hz > 0 ? UInt64(hz) : 100
         entries.reserveCapacity(1024)
     }
 
-    /// The details for the process the kernel described in `task`.
-    public func details(for task: sf_task) -> ProcessDetails? {
-        guard task.flags & UInt32(SF_TASK_VALID.rawValue) != 0,
-            task.flags & UInt32(SF_TASK_KTHREAD.rawValue) == 0
-        else { return nil }
-        let key = Key(pid: task.pid, startNanoseconds: task.start_ns, execID: task.exec_id)
-        if let e = entries[task.pid], e.key == key { return e.details }
-        let details = read(pid: task.pid, startNanoseconds: task.start_ns)
-        if entries.count >= limit { entries.removeAll(keepingCapacity: true) }
-        entries[task.pid] = (key, details)
-        return details
+    /// The instance the kernel described in `task`: cached, or resolved now.
+    @inline(__always)
+    public func instance(for task: sf_task) -> ProcessInstance {
+        if let e = entries[task.pid], e.matches(task) { return e }
+        return resolve(task)
     }
 
-    /// Forget a pid (its process exited).
-    public func forget(pid: UInt32) { entries[pid] = nil }
+    public func record(for task: sf_task) -> ProcessRecord {
+        ProcessRecord(instance: instance(for: task), task: task)
+    }
+
+    @inline(never)
+    func resolve(_ task: sf_task) -> ProcessInstance {
+        var details: ProcessDetails?
+        if let old = entries[task.pid], old.startNanoseconds == task.start_ns, old.execID == task.exec_id {
+            details = old.details  // same program in the same process: only ids changed
+        } else if task.flags & UInt32(SF_TASK_VALID.rawValue) != 0,
+            task.flags & UInt32(SF_TASK_KTHREAD.rawValue) == 0
+        {
+            details = read(pid: task.pid, startNanoseconds: task.start_ns)
+        }
+        let instance = ProcessInstance(task: task, details: details, cgroup: cgroups.details(for: task.cgroup_id))
+        if entries.count >= limit { entries.removeAll(keepingCapacity: true) }
+        entries[task.pid] = instance
+        return instance
+    }
+
+    /// Details for the process in `task` (tests, API).
+    public func details(for task: sf_task) -> ProcessDetails? { instance(for: task).details }
 
     func read(pid: UInt32, startNanoseconds: UInt64) -> ProcessDetails? {
         procReads &+= 1
@@ -102,8 +195,7 @@ public final class ProcessCache {
             }
         }
         if !current.isEmpty { args.append(current) }
-        return ProcessDetails(
-            exe: String(decoding: exe, as: UTF8.self), exeBytes: exe, cmdline: args)
+        return ProcessDetails(exe: String(decoding: exe, as: UTF8.self), exeBytes: exe, cmdline: args)
     }
 
     /// Field 22 of /proc/PID/stat (start time in clock ticks since boot). The comm

@@ -119,39 +119,35 @@ public struct Verdict: Sendable, Equatable {
     public static let allow = Verdict(action: .allow, rule: nil)
 }
 
-/// The owner of a flow. The kernel-recorded fields are always present; `details`
-/// (exe path, command line) comes from /proc and is nil when the process was gone
-/// or had become another process (pid reuse, exec) by the time it was read.
+/// The owner of a flow, as one record shows it: the process instance (shared by
+/// every record of that process, its JSON encoded once) plus the thread that acted
+/// and the thread's name at the event.
 public struct ProcessRecord: Sendable {
-    public let task: sf_task
-    public var details: ProcessDetails?
-    public var cgroup: CgroupDetails?
+    public let instance: ProcessInstance
+    public let tid: Int32
+    /// The thread's comm as the kernel recorded it (up to 16 bytes, NUL-padded).
+    let commBytes: (UInt64, UInt64)
 
-    public init(task: sf_task, details: ProcessDetails? = nil, cgroup: CgroupDetails? = nil) {
-        self.task = task
-        self.details = details
-        self.cgroup = cgroup
+    public init(instance: ProcessInstance, task: sf_task) {
+        self.instance = instance
+        self.tid = Int32(bitPattern: task.tid)
+        self.commBytes = Swift.withUnsafeBytes(of: task.comm) { $0.loadUnaligned(as: (UInt64, UInt64).self) }
     }
 
-    public var pid: Int32 { Int32(bitPattern: task.pid) }
-    public var tid: Int32 { Int32(bitPattern: task.tid) }
-    public var ppid: Int32 { Int32(bitPattern: task.ppid) }
-    public var uid: UInt32 { task.uid }
-    public var gid: UInt32 { task.gid }
-    public var cgroupID: UInt64 { task.cgroup_id }
-    public var comm: String { Self.string(task.comm) }
+    public var pid: Int32 { instance.pid }
+    public var ppid: Int32 { instance.ppid }
+    public var uid: UInt32 { instance.uid }
+    public var gid: UInt32 { instance.gid }
+    public var cgroupID: UInt64 { instance.cgroupID }
+    public var comm: String { ProcessInstance.string(commBytes) }
     /// The executable's file name as the kernel had it (may be cut at 47 bytes).
-    public var exeName: String { Self.string(task.exe_name) }
-    public var exe: String? { details?.exe }
-    public var cmdline: [String]? { details?.cmdline }
-    public var isKernelThread: Bool { task.flags & UInt32(SF_TASK_KTHREAD.rawValue) != 0 }
-
-    static func string<T>(_ tuple: T) -> String {
-        withUnsafeBytes(of: tuple) { raw in
-            let n = raw.firstIndex(of: 0) ?? raw.count
-            return String(decoding: raw[0..<n], as: UTF8.self)
-        }
-    }
+    public var exeName: String { instance.exeName }
+    public var exe: String? { instance.details?.exe }
+    public var cmdline: [String]? { instance.details?.cmdline }
+    public var cgroup: String? { instance.cgroup?.path }
+    public var container: ContainerInfo? { instance.cgroup?.container }
+    public var details: ProcessDetails? { instance.details }
+    public var isKernelThread: Bool { instance.isKernelThread }
 }
 
 /// Facts sockflow itself states in `start` and `stop` records.

@@ -26,31 +26,33 @@ public struct RecordFilter: Sendable {
 
 /// Turns kernel events into records: numbers them, resolves owners, keeps the
 /// flow table, accounts for every record the kernel could not deliver.
+///
+/// Confined to one thread (the consumer's): its hot fields opt out of dynamic
+/// exclusivity checks, which cost more than the rest of the bookkeeping.
 public final class RecordBuilder {
     public let sink: RecordSink
     public let bootTag: UInt32
-    public var clock: WallClock
-    public var filter: RecordFilter
-    public private(set) var table: FlowTable
-    let processes: ProcessCache
-    let cgroups: CgroupCache
+    @exclusivity(unchecked) public var clock: WallClock
+    @exclusivity(unchecked) public var filter: RecordFilter
+    public let table: FlowTable
+    public let processes: ProcessCache
 
-    public private(set) var seq: UInt64 = 0
+    @exclusivity(unchecked) public private(set) var seq: UInt64 = 0
     /// Flow records emitted (listen, connect, established, accept, close).
-    public private(set) var flowRecords: UInt64 = 0
+    @exclusivity(unchecked) public private(set) var flowRecords: UInt64 = 0
     /// Stop after this many flow records (`--count`); nil: never.
-    public var flowRecordLimit: UInt64?
+    @exclusivity(unchecked) public var flowRecordLimit: UInt64?
     public var isFinished: Bool { flowRecordLimit.map { flowRecords >= $0 } ?? false }
 
     /// Loss reported so far, per reason.
-    public private(set) var reportedRingLoss: UInt64 = 0
-    public private(set) var reportedStorageLoss: UInt64 = 0
-    public private(set) var undecodable: UInt64 = 0
-    private var reportedUndecodable: UInt64 = 0
+    @exclusivity(unchecked) public private(set) var reportedRingLoss: UInt64 = 0
+    @exclusivity(unchecked) public private(set) var reportedStorageLoss: UInt64 = 0
+    @exclusivity(unchecked) public private(set) var undecodable: UInt64 = 0
+    @exclusivity(unchecked) private var reportedUndecodable: UInt64 = 0
 
     public init(
         sink: RecordSink, bootTag: UInt32, clock: WallClock = WallClock(), filter: RecordFilter = RecordFilter(),
-        flowTableLimit: Int = 1 << 18, processes: ProcessCache = ProcessCache(), cgroups: CgroupCache = CgroupCache()
+        flowTableLimit: Int = 1 << 18, processes: ProcessCache = ProcessCache()
     ) {
         self.sink = sink
         self.bootTag = bootTag
@@ -58,7 +60,6 @@ public final class RecordBuilder {
         self.filter = filter
         self.table = FlowTable(limit: flowTableLimit)
         self.processes = processes
-        self.cgroups = cgroups
     }
 
     // MARK: stream records
@@ -117,117 +118,131 @@ public final class RecordBuilder {
 
     // MARK: flow records
 
-    /// Decodes and handles one ring-buffer sample.
+    /// Checks and handles one ring-buffer sample, in place. BPF ring-buffer samples
+    /// are 8-byte aligned; any other buffer is copied to an aligned one first.
     public func handle(sample: UnsafeRawBufferPointer) {
+        let kind: KernelEventKind
         do {
-            let event = try KernelEvent(bytes: sample)
-            handle(event)
+            kind = try KernelEvent.validate(sample)
         } catch {
             noteUndecodable()
+            return
+        }
+        let base = sample.baseAddress!
+        if Int(bitPattern: base) % MemoryLayout<sf_event>.alignment == 0 {
+            handle(kind, base.assumingMemoryBound(to: sf_event.self))
+        } else {
+            var copy = sample.loadUnaligned(as: sf_event.self)
+            withUnsafePointer(to: &copy) { handle(kind, $0) }
         }
     }
 
     public func handle(_ event: KernelEvent) {
+        withUnsafePointer(to: event.raw) { handle(event.kind, $0) }
+    }
+
+    func handle(_ kind: KernelEventKind, _ e: UnsafePointer<sf_event>) {
         guard !isFinished else { return }
-        let raw = event.raw
-        if raw.hdr.lost > reportedRingLoss { noteKernelLoss(ringBuffer: raw.hdr.lost) }
-        switch event.kind {
-        case .listen: onListen(raw)
-        case .connect: onConnect(raw)
-        case .established: onEstablished(raw)
-        case .accept: onAccept(raw)
-        case .close: onClose(raw)
+        let lost = e.pointee.hdr.lost
+        if lost > reportedRingLoss { noteKernelLoss(ringBuffer: lost) }
+        switch kind {
+        case .listen: onListen(e)
+        case .connect: onConnect(e)
+        case .established: onEstablished(e)
+        case .accept: onAccept(e)
+        case .close: onClose(e)
         }
     }
 
-    func onListen(_ raw: sf_event) {
-        var flow = makeFlow(raw, direction: .inbound, withRemote: false)
-        flow.backlog = raw.backlog
+    func onListen(_ e: UnsafePointer<sf_event>) {
+        var flow = makeFlow(e, direction: .inbound, withRemote: false)
+        flow.backlog = e.pointee.backlog
         flow.dualStack =
             flow.family == .ipv6 && !flow.mapped && flow.local.address.isUnspecified
-            && raw.sock.flags & UInt8(SF_SOCK_V6ONLY.rawValue) == 0
-        let owner = processRecord(raw.task)
+            && e.pointee.sock.flags & UInt8(SF_SOCK_V6ONLY.rawValue) == 0
+        let owner = processes.record(for: e.pointee.task)
         table.insert(.init(flow: flow, owner: owner, role: .listener, accepted: false))
-        emitFlow(.listen, raw, flow, owner)
+        emitFlow(.listen, e, flow, owner)
     }
 
-    func onConnect(_ raw: sf_event) {
-        let flow = makeFlow(raw, direction: .outbound, withRemote: true)
-        let owner = processRecord(raw.task)
+    func onConnect(_ e: UnsafePointer<sf_event>) {
+        let flow = makeFlow(e, direction: .outbound, withRemote: true)
+        let owner = processes.record(for: e.pointee.task)
         table.insert(.init(flow: flow, owner: owner, role: .outbound, accepted: false))
-        emitFlow(.connect, raw, flow, owner)
+        emitFlow(.connect, e, flow, owner)
     }
 
-    func onEstablished(_ raw: sf_event) {
-        let cookie = raw.sock.cookie
-        if raw.role == FlowRole.outbound.rawValue {
-            let flow = makeFlow(raw, direction: .outbound, withRemote: true)
-            var owner = table[cookie]?.owner
-            if owner == nil, raw.task.flags & UInt32(SF_TASK_VALID.rawValue) != 0 { owner = processRecord(raw.task) }
-            if table[cookie] != nil {
-                table.update(cookie) { $0.flow.local = flow.local }
-            } else {
+    func onEstablished(_ e: UnsafePointer<sf_event>) {
+        let cookie = e.pointee.sock.cookie
+        if e.pointee.role == FlowRole.outbound.rawValue {
+            let flow = makeFlow(e, direction: .outbound, withRemote: true)
+            var owner = table.withEntry(cookie) { e -> ProcessRecord? in
+                e.flow.local = flow.local  // the final local endpoint
+                return e.owner
+            } ?? nil
+            if owner == nil, e.pointee.task.flags & UInt32(SF_TASK_VALID.rawValue) != 0 {
+                owner = processes.record(for: e.pointee.task)
                 table.insert(.init(flow: flow, owner: owner, role: .outbound, accepted: false))
             }
-            emitFlow(.established, raw, flow, owner)
+            emitFlow(.established, e, flow, owner)
         } else {
             // Passive: no process holds it until accept() returns it.
-            var flow = makeFlow(raw, direction: .inbound, withRemote: true)
-            if raw.listener_cookie != 0 { flow.listener = FlowID(boot: bootTag, cookie: raw.listener_cookie) }
+            var flow = makeFlow(e, direction: .inbound, withRemote: true)
+            if e.pointee.listener_cookie != 0 { flow.listener = FlowID(boot: bootTag, cookie: e.pointee.listener_cookie) }
             table.insert(.init(flow: flow, owner: nil, role: .inbound, accepted: false))
-            emitFlow(.established, raw, flow, nil)
+            emitFlow(.established, e, flow, nil)
         }
     }
 
-    func onAccept(_ raw: sf_event) {
-        let cookie = raw.sock.cookie
-        let owner = processRecord(raw.task)
+    func onAccept(_ e: UnsafePointer<sf_event>) {
+        let cookie = e.pointee.sock.cookie
+        let owner = processes.record(for: e.pointee.task)
+        // Endpoints as the handshake saw them: at accept a reset socket reads port 0.
+        let known = table.withEntry(cookie) { e -> Flow in
+            e.owner = owner
+            e.accepted = true
+            return e.flow
+        }
         let flow: Flow
-        if let entry = table[cookie] {
-            // Endpoints as the handshake saw them: at accept a reset socket reads port 0.
-            flow = entry.flow
-            table.update(cookie) {
-                $0.owner = owner
-                $0.accepted = true
-            }
+        if let known {
+            flow = known
         } else {
-            flow = makeFlow(raw, direction: .inbound, withRemote: true)
-            if !table.closedRecently(cookie), raw.tcp_state != TCPState.close.rawValue {
+            flow = makeFlow(e, direction: .inbound, withRemote: true)
+            if !table.closedRecently(cookie), e.pointee.tcp_state != TCPState.close.rawValue {
                 table.insert(.init(flow: flow, owner: owner, role: .inbound, accepted: true))
             }
         }
-        emitFlow(.accept, raw, flow, owner)
+        emitFlow(.accept, e, flow, owner)
     }
 
-    func onClose(_ raw: sf_event) {
-        let cookie = raw.sock.cookie
-        let entry = table.remove(cookie)
-        let role = FlowRole(rawValue: raw.role) ?? entry?.role ?? .outbound
+    func onClose(_ e: UnsafePointer<sf_event>) {
+        let entry = table.remove(e.pointee.sock.cookie)
+        let role = FlowRole(rawValue: e.pointee.role) ?? entry?.role ?? .outbound
         var flow: Flow
         if let entry {
             flow = entry.flow
         } else {
-            flow = makeFlow(raw, direction: role == .outbound ? .outbound : .inbound, withRemote: role != .listener)
-            if raw.listener_cookie != 0 { flow.listener = FlowID(boot: bootTag, cookie: raw.listener_cookie) }
+            flow = makeFlow(e, direction: role == .outbound ? .outbound : .inbound, withRemote: role != .listener)
+            if e.pointee.listener_cookie != 0 { flow.listener = FlowID(boot: bootTag, cookie: e.pointee.listener_cookie) }
         }
         var owner = entry?.owner
-        if owner == nil, role != .inbound, raw.task.flags & UInt32(SF_TASK_VALID.rawValue) != 0 {
-            owner = processRecord(raw.task)
+        if owner == nil, role != .inbound, e.pointee.task.flags & UInt32(SF_TASK_VALID.rawValue) != 0 {
+            owner = processes.record(for: e.pointee.task)
         }
-        let end = raw.hdr.ts_ns
+        let end = e.pointee.hdr.ts_ns
         var details = CloseDetails(
-            durationNanoseconds: end >= raw.start_ns && raw.start_ns != 0 ? end - raw.start_ns : 0,
+            durationNanoseconds: end >= e.pointee.start_ns && e.pointee.start_ns != 0 ? end - e.pointee.start_ns : 0,
             bytesIn: nil, bytesOut: nil,
             reason: Self.closeReason(
-                role: role, oldState: raw.tcp_state, skErr: Int32(raw.sk_err),
+                role: role, oldState: e.pointee.tcp_state, skErr: Int32(e.pointee.sk_err),
                 accepted: entry?.accepted ?? (role != .inbound)),
-            errno: Int32(raw.sk_err))
+            errno: Int32(e.pointee.sk_err))
         if role != .listener {
-            let bytes = Self.payloadBytes(raw, role: role)
+            let bytes = Self.payloadBytes(e.pointee, role: role)
             details.bytesIn = bytes.in
             details.bytesOut = bytes.out
         }
-        emitFlow(.close, raw, flow, owner, close: details)
+        emitFlow(.close, e, flow, owner, close: details)
     }
 
     /// Payload bytes from the kernel's sequence-space counters: bytes_received
@@ -263,13 +278,8 @@ public final class RecordBuilder {
 
     // MARK: helpers
 
-    @inline(__always)
-    func processRecord(_ task: sf_task) -> ProcessRecord {
-        ProcessRecord(task: task, details: processes.details(for: task), cgroup: cgroups.details(for: task.cgroup_id))
-    }
-
-    func makeFlow(_ raw: sf_event, direction: Direction, withRemote: Bool) -> Flow {
-        let s = raw.sock
+    func makeFlow(_ e: UnsafePointer<sf_event>, direction: Direction, withRemote: Bool) -> Flow {
+        let s = e.pointee.sock
         var family: IPAddress.Family = s.family == UInt16(AF_INET6) ? .ipv6 : .ipv4
         var local = withUnsafeBytes(of: s.laddr) { IPAddress(family: family, raw: $0) }
         var remote = withUnsafeBytes(of: s.raddr) { IPAddress(family: family, raw: $0) }
@@ -299,9 +309,9 @@ public final class RecordBuilder {
             netns: s.netns)
     }
 
-    func emitFlow(_ type: EventType, _ raw: sf_event, _ flow: Flow, _ owner: ProcessRecord?, close: CloseDetails? = nil) {
+    func emitFlow(_ type: EventType, _ e: UnsafePointer<sf_event>, _ flow: Flow, _ owner: ProcessRecord?, close: CloseDetails? = nil) {
         if !filter.isEmpty, !admits(flow, owner) { return }
-        var r = Record(seq: nextSeq(), time: clock.wallTime(bootNanoseconds: raw.hdr.ts_ns), event: type)
+        var r = Record(seq: nextSeq(), time: clock.wallTime(bootNanoseconds: e.pointee.hdr.ts_ns), event: type)
         r.flow = flow
         r.process = owner
         r.close = close
@@ -316,7 +326,7 @@ public final class RecordBuilder {
         }
         if let pids = filter.pids {
             if let owner { return pids.contains(owner.pid) }
-            guard let l = flow.listener, let lo = table[l.cookie]?.owner else { return false }
+            guard let l = flow.listener, let lo = table.owner(of: l.cookie) else { return false }
             return pids.contains(lo.pid)
         }
         return true

@@ -92,37 +92,14 @@ public enum RecordEncoder {
         b.append(UInt8(ascii: "}"))
     }
 
+    @inline(__always)
     static func process(_ p: ProcessRecord, into b: inout ByteBuffer) {
-        let t = p.task
-        b.append("{\"pid\":")
-        b.appendDecimal(UInt64(t.pid))
-        b.append(",\"tid\":")
-        b.appendDecimal(UInt64(t.tid))
-        b.append(",\"ppid\":")
-        b.appendDecimal(UInt64(t.ppid))
-        b.append(",\"uid\":")
-        b.appendDecimal(UInt64(t.uid))
-        b.append(",\"gid\":")
-        b.appendDecimal(UInt64(t.gid))
-        b.append(",\"comm\":")
-        b.appendJSONString(cString: t.comm)
-        b.append(",\"exe_name\":")
-        b.appendJSONString(cString: t.exe_name)
-        b.append(UInt8(ascii: ","))
-        if let d = p.details {
-            d.encodedJSON.withUnsafeBytes { b.append($0) }
-        } else {
-            b.append("\"exe\":null,\"cmdline\":null")
-        }
-        b.append(",\"cgroup_id\":")
-        b.appendDecimal(t.cgroup_id)
-        b.append(UInt8(ascii: ","))
-        if let c = p.cgroup {
-            c.encodedJSON.withUnsafeBytes { b.append($0) }
-        } else {
-            b.append("\"cgroup\":null,\"container\":null")
-        }
-        b.append(UInt8(ascii: "}"))
+        let inst = p.instance
+        inst.head.withUnsafeBytes { b.append($0) }
+        b.appendDecimal(Int64(p.tid))
+        inst.middle.withUnsafeBytes { b.append($0) }
+        b.appendJSONString(cString: p.commBytes)
+        inst.tail.withUnsafeBytes { b.append($0) }
     }
 
     static func streamStart(_ s: StreamDetails, into b: inout ByteBuffer) {
@@ -216,9 +193,9 @@ public enum RecordEncoder {
             }
             if let p = r.process {
                 b.append("pid=")
-                b.appendDecimal(UInt64(p.task.pid))
+                b.appendDecimal(Int64(p.pid))
                 b.append(UInt8(ascii: " "))
-                withUnsafeBytes(of: p.task.comm) { raw in
+                withUnsafeBytes(of: p.commBytes) { raw in
                     let n = raw.firstIndex(of: 0) ?? raw.count
                     b.appendTextSafe(UnsafeRawBufferPointer(rebasing: raw[0..<n]))
                 }

@@ -81,7 +81,7 @@ func makeBuilder(procRoot: String = "/nonexistent-proc") -> (RecordBuilder, Coll
     let sink = CollectingSink()
     let b = RecordBuilder(
         sink: sink, bootTag: 0x6599_a47d, clock: WallClock(offset: 1_700_000_000_000_000_000),
-        processes: ProcessCache(procRoot: procRoot), cgroups: CgroupCache(mountPoint: nil))
+        processes: ProcessCache(procRoot: procRoot, cgroups: CgroupCache(mountPoint: nil)))
     return (b, sink)
 }
 

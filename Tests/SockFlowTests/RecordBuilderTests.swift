@@ -173,7 +173,7 @@ struct ProcessCacheTests {
     @Test("reads exe and cmdline when /proc's start time is the event's")
     func matching() throws {
         let root = try fakeProc(pid: 321, startTicks: 1234, exe: "/usr/bin/python3.11", cmdline: ["python3", "-m", "http.server"])
-        let cache = ProcessCache(procRoot: root)
+        let cache = ProcessCache(procRoot: root, cgroups: CgroupCache(mountPoint: nil))
         let d = try #require(cache.details(for: task(pid: 321, startNs: 12_340_000_000)))
         #expect(d.exe == "/usr/bin/python3.11")
         #expect(d.cmdline == ["python3", "-m", "http.server"])
@@ -184,20 +184,35 @@ struct ProcessCacheTests {
     @Test("a reused pid (different start time) never lends its name: nil")
     func reusedPid() throws {
         let root = try fakeProc(pid: 321, startTicks: 9999, exe: "/usr/bin/other", cmdline: ["other"])
-        let cache = ProcessCache(procRoot: root)
+        let cache = ProcessCache(procRoot: root, cgroups: CgroupCache(mountPoint: nil))
         #expect(cache.details(for: task(pid: 321, startNs: 12_340_000_000)) == nil)
     }
 
     @Test("a gone process: nil")
     func gone() {
-        let cache = ProcessCache(procRoot: "/nonexistent-proc")
+        let cache = ProcessCache(procRoot: "/nonexistent-proc", cgroups: CgroupCache(mountPoint: nil))
         #expect(cache.details(for: task(pid: 1, startNs: 1)) == nil)
+    }
+
+    @Test("one instance per process: records share it; a new uid makes a new instance without rereading /proc")
+    func instances() throws {
+        let root = try fakeProc(pid: 5, startTicks: 1, exe: "/bin/sh", cmdline: ["sh"])
+        let cache = ProcessCache(procRoot: root, cgroups: CgroupCache(mountPoint: nil))
+        var t = task(pid: 5, startNs: 10_000_000)
+        let a = cache.instance(for: t)
+        #expect(cache.instance(for: t) === a)
+        t.uid = 1234
+        let b = cache.instance(for: t)
+        #expect(b !== a)
+        #expect(b.uid == 1234)
+        #expect(b.details?.exe == "/bin/sh")
+        #expect(cache.procReads == 1)
     }
 
     @Test("an exec (same pid and start, new exec count) reads /proc again")
     func exec() throws {
         let root = try fakeProc(pid: 5, startTicks: 1, exe: "/bin/sh", cmdline: ["sh"])
-        let cache = ProcessCache(procRoot: root)
+        let cache = ProcessCache(procRoot: root, cgroups: CgroupCache(mountPoint: nil))
         _ = cache.details(for: task(pid: 5, startNs: 10_000_000, execID: 1))
         _ = cache.details(for: task(pid: 5, startNs: 10_000_000, execID: 2))
         #expect(cache.procReads == 2)
