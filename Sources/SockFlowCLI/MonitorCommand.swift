@@ -74,6 +74,11 @@ struct MonitorCommand: ParsableCommand {
         valueName: "ms"))
     var maxDelay = 10
 
+    @Option(name: .customLong("max-flows"), help: ArgumentHelp(
+        "Flows kept in memory at once; past it, an 'overflow' record says how many went untracked.",
+        valueName: "n"))
+    var maxFlows = 1 << 18
+
     @Flag(help: "Print libbpf's informational messages on stderr.")
     var verbose = false
 
@@ -81,7 +86,7 @@ struct MonitorCommand: ParsableCommand {
     var resolvedCgroup: String?
 
     enum CodingKeys: String, CodingKey {
-        case pids, cgroup, ports, format, count, duration, ringBufferSize, maxDelay, verbose
+        case pids, cgroup, ports, format, count, duration, ringBufferSize, maxDelay, maxFlows, verbose
     }
 
     mutating func validate() throws {
@@ -105,6 +110,9 @@ struct MonitorCommand: ParsableCommand {
         if size < page || size & (size - 1) != 0 || size > 1 << 30 {
             throw ValidationError(
                 "--ring-buffer-size \(size): must be a power of two from \(page) bytes to 1G (e.g. 64K, 8M).")
+        }
+        if maxFlows < 1 || maxFlows > 1 << 24 {
+            throw ValidationError("--max-flows \(maxFlows): give 1 to \(1 << 24).")
         }
         if maxDelay < 0 || maxDelay > 10_000 {
             throw ValidationError("--max-delay \(maxDelay): give 0 to 10000 milliseconds.")
@@ -131,6 +139,7 @@ struct MonitorCommand: ParsableCommand {
         c.duration = duration
         c.ringBufferBytes = ringBufferSize.bytes
         c.maxDelayMilliseconds = maxDelay
+        c.flowTableLimit = maxFlows
         c.handleSignals = true
         c.verbose = verbose
         return c

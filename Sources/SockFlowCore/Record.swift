@@ -10,12 +10,13 @@ public enum EventType: String, Sendable, CaseIterable {
     case accept
     case close
     case lost
+    case overflow
     case stop
 
     public var isFlowEvent: Bool {
         switch self {
         case .listen, .connect, .established, .accept, .close: true
-        case .start, .lost, .stop: false
+        case .start, .lost, .overflow, .stop: false
         }
     }
 }
@@ -108,6 +109,16 @@ public struct LostDetails: Sendable {
     public var reason: Reason
 }
 
+/// A bounded table refused entries. Records are still written, but flows not in
+/// the flow table lose what only the table knew (an inbound flow's acceptor on
+/// its close record).
+public struct OverflowDetails: Sendable {
+    public var table: String
+    public var limit: Int
+    /// Entries refused since the start (cumulative).
+    public var untracked: UInt64
+}
+
 /// The allow/deny decision on a flow. Without a policy everything is allowed.
 public struct Verdict: Sendable, Equatable {
     public enum Action: String, Sendable {
@@ -176,6 +187,7 @@ public struct Record: Sendable {
     public var verdict: Verdict = .allow
     public var close: CloseDetails?
     public var lost: LostDetails?
+    public var overflow: OverflowDetails?
     public var stream: StreamDetails?
 
     public init(seq: UInt64, time: Int64, event: EventType) {

@@ -49,6 +49,8 @@ public final class RecordBuilder {
     @exclusivity(unchecked) public private(set) var reportedStorageLoss: UInt64 = 0
     @exclusivity(unchecked) public private(set) var undecodable: UInt64 = 0
     @exclusivity(unchecked) private var reportedUndecodable: UInt64 = 0
+    @exclusivity(unchecked) private var reportedUntracked: UInt64 = 0
+    @exclusivity(unchecked) private var lastOverflowRecord: Int64 = 0
 
     public init(
         sink: RecordSink, bootTag: UInt32, clock: WallClock = WallClock(), filter: RecordFilter = RecordFilter(),
@@ -102,6 +104,21 @@ public final class RecordBuilder {
             emitLost(undecodable - reportedUndecodable, .undecodable)
             reportedUndecodable = undecodable
         }
+        noteTableState()
+    }
+
+    /// An `overflow` record when the flow table refused flows since the last one,
+    /// at most one per second.
+    func noteTableState() {
+        let untracked = table.untracked
+        guard untracked > reportedUntracked else { return }
+        let now = WallClock.now()
+        guard reportedUntracked == 0 || now - lastOverflowRecord >= 1_000_000_000 else { return }
+        var r = Record(seq: nextSeq(), time: now, event: .overflow)
+        r.overflow = OverflowDetails(table: "flows", limit: table.limit, untracked: untracked)
+        sink.emit(r)
+        reportedUntracked = untracked
+        lastOverflowRecord = now
     }
 
     func emitLost(_ count: UInt64, _ reason: LostDetails.Reason) {
@@ -161,14 +178,14 @@ public final class RecordBuilder {
             flow.family == .ipv6 && !flow.mapped && flow.local.address.isUnspecified
             && e.pointee.sock.flags & UInt8(SF_SOCK_V6ONLY.rawValue) == 0
         let owner = processes.record(for: e.pointee.task)
-        table.insert(.init(flow: flow, owner: owner, role: .listener, accepted: false))
+        table.insert(.init(flow: flow, owner: owner, role: .listener, accepted: false, since: e.pointee.hdr.ts_ns))
         emitFlow(.listen, e, flow, owner)
     }
 
     func onConnect(_ e: UnsafePointer<sf_event>) {
         let flow = makeFlow(e, direction: .outbound, withRemote: true)
         let owner = processes.record(for: e.pointee.task)
-        table.insert(.init(flow: flow, owner: owner, role: .outbound, accepted: false))
+        table.insert(.init(flow: flow, owner: owner, role: .outbound, accepted: false, since: e.pointee.hdr.ts_ns))
         emitFlow(.connect, e, flow, owner)
     }
 
@@ -182,14 +199,14 @@ public final class RecordBuilder {
             } ?? nil
             if owner == nil, e.pointee.task.flags & UInt32(SF_TASK_VALID.rawValue) != 0 {
                 owner = processes.record(for: e.pointee.task)
-                table.insert(.init(flow: flow, owner: owner, role: .outbound, accepted: false))
+                table.insert(.init(flow: flow, owner: owner, role: .outbound, accepted: false, since: e.pointee.hdr.ts_ns))
             }
             emitFlow(.established, e, flow, owner)
         } else {
             // Passive: no process holds it until accept() returns it.
             var flow = makeFlow(e, direction: .inbound, withRemote: true)
             if e.pointee.listener_cookie != 0 { flow.listener = FlowID(boot: bootTag, cookie: e.pointee.listener_cookie) }
-            table.insert(.init(flow: flow, owner: nil, role: .inbound, accepted: false))
+            table.insert(.init(flow: flow, owner: nil, role: .inbound, accepted: false, since: e.pointee.hdr.ts_ns))
             emitFlow(.established, e, flow, nil)
         }
     }
@@ -209,7 +226,7 @@ public final class RecordBuilder {
         } else {
             flow = makeFlow(e, direction: .inbound, withRemote: true)
             if !table.closedRecently(cookie), e.pointee.tcp_state != TCPState.close.rawValue {
-                table.insert(.init(flow: flow, owner: owner, role: .inbound, accepted: true))
+                table.insert(.init(flow: flow, owner: owner, role: .inbound, accepted: true, since: e.pointee.hdr.ts_ns))
             }
         }
         emitFlow(.accept, e, flow, owner)

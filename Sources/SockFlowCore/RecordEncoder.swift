@@ -22,6 +22,13 @@ public enum RecordEncoder {
             b.append(",\"reason\":\"")
             b.append(ascii: (r.lost?.reason ?? .ringBufferFull).rawValue)
             b.append(UInt8(ascii: "\""))
+        case .overflow:
+            b.append(",\"table\":")
+            b.appendJSONString(r.overflow?.table ?? "")
+            b.append(",\"limit\":")
+            b.appendDecimal(UInt64(r.overflow?.limit ?? 0))
+            b.append(",\"untracked\":")
+            b.appendDecimal(r.overflow?.untracked ?? 0)
         case .listen, .connect, .established, .accept, .close:
             b.append(",\"flow\":")
             if let f = r.flow { flow(f, into: &b) } else { b.append("null") }
@@ -179,6 +186,14 @@ public enum RecordEncoder {
             b.appendDecimal(r.lost?.count ?? 0)
             b.append(" records: ")
             b.append(ascii: (r.lost?.reason ?? .ringBufferFull).rawValue)
+        case .overflow:
+            if let o = r.overflow {
+                b.appendTextSafe(o.table)
+                b.append(" full at ")
+                b.appendDecimal(UInt64(o.limit))
+                b.append(", untracked ")
+                b.appendDecimal(o.untracked)
+            }
         case .listen, .connect, .established, .accept, .close:
             if let f = r.flow {
                 let col = b.count
