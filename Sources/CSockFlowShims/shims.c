@@ -1,5 +1,6 @@
 #define _GNU_SOURCE
 #include <fcntl.h>
+#include <sched.h>
 #include <string.h>
 #include <unistd.h>
 #include "CSockFlowShims.h"
@@ -23,4 +24,14 @@ int sockflow_open_cgroup_by_id(int mount_fd, uint64_t cgroup_id)
 int sockflow_gettid(void)
 {
 	return gettid();
+}
+
+int sockflow_setns(int fd, int nstype)
+{
+	return setns(fd, nstype);
+}
+
+int sockflow_clone_newnet(void)
+{
+	return CLONE_NEWNET;
 }

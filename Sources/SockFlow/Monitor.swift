@@ -47,6 +47,7 @@ public final class Monitor: @unchecked Sendable {
     private var signalFD: Int32 = -1
     /// Samples taken from the ring, filtered or not: what tells an empty batch.
     private let samples = SampleCounter()
+    private let reconciler = Reconciler()
 
     /// Loads and attaches; records flow once `run()` starts. Throws a `BPFError`
     /// that names what is missing (privilege, BTF, a hook) with nothing left attached.
@@ -187,6 +188,7 @@ public final class Monitor: @unchecked Sendable {
         if !builder.isFinished {
             builder.noteKernelLoss(ringBuffer: program.lostTotal, socketStorage: program.storageErrors)
             builder.flushPendingLoss()
+            reconciler.maybeRun(builder)
         }
     }
 
@@ -194,6 +196,7 @@ public final class Monitor: @unchecked Sendable {
         program.detach()
         if reason != .count, reason != .outputClosed {
             try? pump()  // what the kernel submitted before the programs went away
+            reconciler.maybeRun(builder, force: true)  // so open_flows counts live flows only
         }
         builder.emitStop(
             reason: reason.rawValue,
@@ -202,6 +205,7 @@ public final class Monitor: @unchecked Sendable {
                 ("undecodable", builder.undecodable),
                 ("untracked_sockets", program.storageErrors),
                 ("untracked_flows", builder.table.untracked),
+                ("reconciled_flows", reconciler.removed),
                 ("open_flows", UInt64(builder.table.count)),
             ])
         _ = output.flush()

@@ -12,6 +12,16 @@ public final class FlowTable {
         public var owner: ProcessRecord?
         public var role: FlowRole
         public var accepted: Bool
+        /// CLOCK_BOOTTIME of the event that made the entry.
+        public var since: UInt64 = 0
+
+        public init(flow: Flow, owner: ProcessRecord?, role: FlowRole, accepted: Bool, since: UInt64 = 0) {
+            self.flow = flow
+            self.owner = owner
+            self.role = role
+            self.accepted = accepted
+            self.since = since
+        }
     }
 
     public let limit: Int
@@ -131,9 +141,16 @@ public final class FlowTable {
         recent[Int(truncatingIfNeeded: cookie) & (recent.count - 1)] == cookie
     }
 
-    /// Every tracked cookie (for reconciling with the kernel's socket list).
+    /// Every tracked cookie.
     public var cookies: [UInt64] {
         (0...mask).compactMap { keys[$0] != 0 ? keys[$0] : nil }
+    }
+
+    /// (cookie, netns, since, owner pid) of every entry, for reconciliation.
+    public var summary: [(cookie: UInt64, netns: UInt32, since: UInt64, pid: Int32?)] {
+        (0...mask).compactMap { i in
+            keys[i] == 0 ? nil : (keys[i], values[i].flow.netns, values[i].since, values[i].owner?.pid)
+        }
     }
 
     private func grow() {

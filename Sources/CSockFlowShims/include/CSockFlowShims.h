@@ -6,6 +6,10 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <linux/netlink.h>
+#include <linux/sock_diag.h>
+#include <linux/inet_diag.h>
 
 /* open_by_handle_at(2) needs _GNU_SOURCE, which must not be defined in a header
  * Swift imports (it breaks fd_set against Dispatch). Opens the cgroup v2
@@ -15,5 +19,11 @@ int sockflow_open_cgroup_by_id(int mount_fd, uint64_t cgroup_id);
 
 /* gettid() sits behind _GNU_SOURCE as well. */
 int sockflow_gettid(void);
+
+/* setns(2) too. Moves the calling thread into the namespace `fd` refers to. */
+int sockflow_setns(int fd, int nstype);
+
+/* CLONE_NEWNET, which sched.h defines only under _GNU_SOURCE. */
+int sockflow_clone_newnet(void);
 
 #endif
