@@ -8,6 +8,12 @@
  *                   [--name COMM] [--exit-now] [--fork-listen] [--listen-fork] [-- ARGS...]
  *   sfhelper hostile           re-executes itself as `listen` with hostile argv and comm
  *   sfhelper burst N           N times: socket, bind 127.0.0.1:0, listen, close; then "ready"
+ *   sfhelper serve [listen options] [--workers K] [--reply N] [--no-accept]
+ *                  accepts connections (in K pre-forked children that share the listener,
+ *                  or itself when K is 0); per connection reads to EOF, writes N bytes,
+ *                  closes, prints "conn pid=.. lport=.. rport=.. in=.. out=.."
+ *   sfhelper connect --addr A --port P [--send N] [--linger0] [--hold-ms MS] [--syncnt N]
+ *                  prints "connected ..." or "error errno=E lport=L", then "done in=.. out=.."
  *
  * --fork-listen   the parent creates and binds the socket, a forked child calls listen()
  * --listen-fork   the parent listens and forks; the parent exits, the child holds it
@@ -22,6 +28,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/tcp.h>
+#include <poll.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -212,6 +220,219 @@ static int cmd_burst(int n)
 	return 0;
 }
 
+static int local_port(int fd)
+{
+	struct sockaddr_storage ss;
+	socklen_t len = sizeof(ss);
+
+	if (getsockname(fd, (struct sockaddr *)&ss, &len))
+		return -1;
+	return ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+					      : ((struct sockaddr_in *)&ss)->sin_port);
+}
+
+static int peer_port(int fd)
+{
+	struct sockaddr_storage ss;
+	socklen_t len = sizeof(ss);
+
+	if (getpeername(fd, (struct sockaddr *)&ss, &len))
+		return -1;
+	return ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+					      : ((struct sockaddr_in *)&ss)->sin_port);
+}
+
+static long write_n(int fd, long n)
+{
+	char buf[4096];
+	long done = 0;
+
+	memset(buf, 'y', sizeof(buf));
+	while (done < n) {
+		ssize_t w = write(fd, buf, n - done < (long)sizeof(buf) ? (size_t)(n - done) : sizeof(buf));
+
+		if (w < 0) {
+			if (errno == EINTR)
+				continue;
+			break;
+		}
+		done += w;
+	}
+	return done;
+}
+
+static long read_all(int fd)
+{
+	char buf[4096];
+	long total = 0;
+	ssize_t r;
+
+	while ((r = read(fd, buf, sizeof(buf))) != 0) {
+		if (r < 0) {
+			if (errno == EINTR)
+				continue;
+			break;
+		}
+		total += r;
+	}
+	return total;
+}
+
+/* One accepted connection: read to EOF, reply, close. */
+static void serve_one(int c, long reply)
+{
+	int lport = local_port(c), rport = peer_port(c);
+	long in = read_all(c), out = write_n(c, reply);
+
+	close(c);
+	printf("conn pid=%d lport=%d rport=%d in=%ld out=%ld\n", getpid(), lport, rport, in, out);
+	fflush(stdout);
+}
+
+static int cmd_serve(int argc, char **argv)
+{
+	struct listen_opts o = { .family = "4", .backlog = 64 };
+	int workers = 0, no_accept = 0, fd, port;
+	long reply = 0;
+	pid_t kids[32];
+
+	for (int i = 0; i < argc; i++) {
+		if (!strcmp(argv[i], "--family") && i + 1 < argc) o.family = argv[++i];
+		else if (!strcmp(argv[i], "--addr") && i + 1 < argc) o.addr = argv[++i];
+		else if (!strcmp(argv[i], "--port") && i + 1 < argc) o.port = atoi(argv[++i]);
+		else if (!strcmp(argv[i], "--workers") && i + 1 < argc) workers = atoi(argv[++i]);
+		else if (!strcmp(argv[i], "--reply") && i + 1 < argc) reply = atol(argv[++i]);
+		else if (!strcmp(argv[i], "--no-accept")) no_accept = 1;
+		else { fprintf(stderr, "sfhelper serve: unknown option %s\n", argv[i]); return 2; }
+	}
+	if (workers > 32)
+		workers = 32;
+	fd = make_socket(&o, &port);
+	if (listen(fd, o.backlog))
+		die("listen");
+	for (int k = 0; k < workers; k++) {
+		kids[k] = fork();
+		if (kids[k] < 0)
+			die("fork");
+		if (kids[k] == 0) {
+			prctl(PR_SET_NAME, "sfh-worker", 0, 0, 0);
+			prctl(PR_SET_PDEATHSIG, SIGTERM, 0, 0, 0);
+			for (;;) {
+				int c = accept(fd, NULL, NULL);
+
+				if (c >= 0)
+					serve_one(c, reply);
+			}
+		}
+	}
+	printf("ready pid=%d port=%d workers=", getpid(), port);
+	for (int k = 0; k < workers; k++)
+		printf("%s%d", k ? "," : "", kids[k]);
+	printf("\n");
+	fflush(stdout);
+	if (workers || no_accept) {
+		wait_for_close();
+	} else {
+		struct pollfd p[2] = { { .fd = fd, .events = POLLIN }, { .fd = 0, .events = POLLIN } };
+		char line[64];
+
+		for (;;) {
+			if (poll(p, 2, -1) < 0 && errno != EINTR)
+				die("poll");
+			if (p[0].revents & POLLIN) {
+				int c = accept4(fd, NULL, NULL, SOCK_CLOEXEC);
+
+				if (c >= 0)
+					serve_one(c, reply);
+			}
+			if (p[1].revents & (POLLIN | POLLHUP)) {
+				if (!fgets(line, sizeof(line), stdin) || !strncmp(line, "close", 5))
+					break;
+			}
+		}
+	}
+	for (int k = 0; k < workers; k++) {
+		kill(kids[k], SIGTERM);
+		waitpid(kids[k], NULL, 0);
+	}
+	close(fd);
+	printf("closed\n");
+	fflush(stdout);
+	return 0;
+}
+
+static int cmd_connect(int argc, char **argv)
+{
+	const char *addr = "127.0.0.1";
+	int port = 0, linger0 = 0, hold_ms = 0, syncnt = 0, fd, rc;
+	long send_n = 0;
+	struct sockaddr_storage ss;
+	socklen_t len;
+
+	for (int i = 0; i < argc; i++) {
+		if (!strcmp(argv[i], "--addr") && i + 1 < argc) addr = argv[++i];
+		else if (!strcmp(argv[i], "--port") && i + 1 < argc) port = atoi(argv[++i]);
+		else if (!strcmp(argv[i], "--send") && i + 1 < argc) send_n = atol(argv[++i]);
+		else if (!strcmp(argv[i], "--hold-ms") && i + 1 < argc) hold_ms = atoi(argv[++i]);
+		else if (!strcmp(argv[i], "--syncnt") && i + 1 < argc) syncnt = atoi(argv[++i]);
+		else if (!strcmp(argv[i], "--linger0")) linger0 = 1;
+		else { fprintf(stderr, "sfhelper connect: unknown option %s\n", argv[i]); return 2; }
+	}
+	memset(&ss, 0, sizeof(ss));
+	if (strchr(addr, ':')) {
+		struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+
+		a->sin6_family = AF_INET6;
+		a->sin6_port = htons(port);
+		if (inet_pton(AF_INET6, addr, &a->sin6_addr) != 1)
+			die("address");
+		len = sizeof(*a);
+	} else {
+		struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+
+		a->sin_family = AF_INET;
+		a->sin_port = htons(port);
+		if (inet_pton(AF_INET, addr, &a->sin_addr) != 1)
+			die("address");
+		len = sizeof(*a);
+	}
+	fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		die("socket");
+	if (syncnt)
+		setsockopt(fd, IPPROTO_TCP, TCP_SYNCNT, &syncnt, sizeof(syncnt));
+	rc = connect(fd, (struct sockaddr *)&ss, len);
+	if (rc) {
+		printf("error pid=%d errno=%d lport=%d\n", getpid(), errno, local_port(fd));
+		fflush(stdout);
+		close(fd);
+		return 0;
+	}
+	printf("connected pid=%d lport=%d\n", getpid(), local_port(fd));
+	fflush(stdout);
+	if (hold_ms)
+		usleep(hold_ms * 1000);
+	if (linger0) {
+		struct linger l = { .l_onoff = 1, .l_linger = 0 };
+
+		setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof(l));
+		close(fd);
+		printf("done in=0 out=0\n");
+		fflush(stdout);
+		return 0;
+	}
+	{
+		long out = write_n(fd, send_n), in;
+
+		shutdown(fd, SHUT_WR);
+		in = read_all(fd);
+		close(fd);
+		printf("done in=%ld out=%ld\n", in, out);
+		fflush(stdout);
+	}
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	sigset_t none;
@@ -222,11 +443,15 @@ int main(int argc, char **argv)
 	sigprocmask(SIG_SETMASK, &none, NULL);
 	signal(SIGPIPE, SIG_IGN);
 	if (argc < 2) {
-		fprintf(stderr, "usage: sfhelper listen|hostile ...\n");
+		fprintf(stderr, "usage: sfhelper listen|hostile|burst|serve|connect ...\n");
 		return 2;
 	}
 	if (!strcmp(argv[1], "listen"))
 		return cmd_listen(argc - 2, argv + 2);
+	if (!strcmp(argv[1], "serve"))
+		return cmd_serve(argc - 2, argv + 2);
+	if (!strcmp(argv[1], "connect"))
+		return cmd_connect(argc - 2, argv + 2);
 	if (!strcmp(argv[1], "burst") && argc > 2)
 		return cmd_burst(atoi(argv[2]));
 	if (!strcmp(argv[1], "hostile"))

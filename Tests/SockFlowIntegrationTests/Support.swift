@@ -352,3 +352,96 @@ final class TestCgroup: @unchecked Sendable {
         return nil
     }
 }
+
+/// A network namespace joined to the test's namespace by a veth pair, removed
+/// when the test ends (also when it fails). Host side 10.213.N.1/24, namespace
+/// side 10.213.N.2/24; 10.213.N.99 is a blackhole: a permanent neighbour entry
+/// with a MAC nobody has, so SYNs leave and are never answered.
+final class TestNetns: @unchecked Sendable {
+    let name: String
+    let hostDevice: String
+    let subnet: Int
+    private(set) var inode: Int = 0
+    var hostAddress: String { "10.213.\(subnet).1" }
+    var nsAddress: String { "10.213.\(subnet).2" }
+    var blackhole: String { "10.213.\(subnet).99" }
+
+    init(_ tag: String) throws {
+        let n = Int(getpid()) % 200 + 20
+        subnet = n
+        name = "sockflow-test-\(tag)-\(getpid())"
+        hostDevice = "sft\(n)\(tag.prefix(3))"
+        let peer = hostDevice + "p"
+        _ = try? Self.ip(["netns", "del", name])
+        _ = try? Self.ip(["link", "del", hostDevice])
+        try Self.ip(["netns", "add", name])
+        try Self.ip(["link", "add", hostDevice, "type", "veth", "peer", "name", peer])
+        try Self.ip(["link", "set", peer, "netns", name])
+        try Self.ip(["addr", "add", "\(hostAddress)/24", "dev", hostDevice])
+        try Self.ip(["link", "set", hostDevice, "up"])
+        try Self.ip(["-n", name, "addr", "add", "\(nsAddress)/24", "dev", peer])
+        try Self.ip(["-n", name, "link", "set", peer, "up"])
+        try Self.ip(["-n", name, "link", "set", "lo", "up"])
+        try Self.ip(["-n", name, "neigh", "add", blackhole, "lladdr", "02:00:00:00:00:99", "dev", peer, "nud", "permanent"])
+        var st = stat()
+        guard stat("/run/netns/\(name)", &st) == 0 else { throw TestFailure("no /run/netns/\(name)") }
+        inode = Int(st.st_ino)
+    }
+
+    /// A command prefix that runs the rest inside the namespace.
+    var wrapper: [String] { ["/usr/bin/env", "ip", "netns", "exec", name] }
+
+    deinit {
+        _ = try? Self.ip(["netns", "del", name])
+        _ = try? Self.ip(["link", "del", hostDevice])
+    }
+
+    @discardableResult
+    static func ip(_ args: [String]) throws -> String {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        p.arguments = ["ip"] + args
+        let pipe = Pipe()
+        p.standardOutput = pipe
+        p.standardError = pipe
+        try p.run()
+        let out = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        guard p.terminationStatus == 0 else { throw TestFailure("ip \(args.joined(separator: " ")): \(out)") }
+        return out
+    }
+}
+
+extension Helper {
+    /// Runs a helper to completion (a client) and returns its output lines.
+    static func run(_ arguments: [String], via wrapper: [String] = [], timeout: Double = 20) throws -> [String: String] {
+        let h = try Helper(arguments, via: wrapper, waitReady: false)
+        try? h.stdin.fileHandleForWriting.close()
+        guard h.out.waitClosed(timeout: timeout) else { throw TestFailure("helper \(arguments) did not finish") }
+        h.process.waitUntilExit()
+        var fields: [String: String] = [:]
+        for line in h.out.snapshot {
+            let parts = line.split(separator: " ")
+            if let kind = parts.first { fields["kind." + kind] = "1" }
+            for part in parts.dropFirst() {
+                let kv = part.split(separator: "=", maxSplits: 1)
+                if kv.count == 2 { fields[String(kv[0])] = String(kv[1]) }
+            }
+        }
+        return fields
+    }
+
+    /// "conn ..." lines a server printed: rport -> (pid, in, out).
+    var connections: [Int: (pid: Int, bytesIn: Int, bytesOut: Int)] {
+        var out: [Int: (Int, Int, Int)] = [:]
+        for line in self.out.snapshot where line.hasPrefix("conn ") {
+            var f: [String: Int] = [:]
+            for part in line.split(separator: " ").dropFirst() {
+                let kv = part.split(separator: "=", maxSplits: 1)
+                if kv.count == 2 { f[String(kv[0])] = Int(kv[1]) }
+            }
+            if let r = f["rport"] { out[r] = (f["pid"] ?? -1, f["in"] ?? -1, f["out"] ?? -1) }
+        }
+        return out
+    }
+}

@@ -1,0 +1,240 @@
+import Foundation
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Connection flows with the real BPF programs: every client and server is its
+/// own process, so a record that names the wrong one (the task a packet happened
+/// to interrupt) fails. Records are selected by the test's own ports.
+extension Integration {
+@Suite("Connection flows and attribution")
+struct ConnectionTests {
+    static var ownNetns: Int {
+        var st = stat()
+        return stat("/proc/self/ns/net", &st) == 0 ? Int(st.st_ino) : -1
+    }
+
+    /// The records of one flow, found by the client's local port on either side.
+    func flowRecords(_ run: SockflowRun, clientPort: Int) -> (client: [JSON], server: [JSON]) {
+        let recs = run.records.filter { $0["flow"] != nil }
+        let client = recs.filter { $0.string("flow.direction") == "outbound" && $0.localPort == clientPort }
+        let server = recs.filter { $0.string("flow.direction") == "inbound" && $0.remotePort == clientPort }
+        return (client, server)
+    }
+
+    @Test("client and server are different processes: connect names the client, accept the server; bytes exact")
+    func clientServer() throws {
+        let server = try Helper(["serve", "--reply", "2500"])
+        let run = try SockflowRun(["monitor", "--port", String(server.port)])
+        let client = try Helper.run(["connect", "--port", String(server.port), "--send", "1000"])
+        let cport = try #require(Int(client["lport"] ?? ""))
+        let cpid = try #require(Int(client["pid"] ?? ""))
+        #expect(client["in"] == "2500" && client["out"] == "1000")
+        try run.waitFor("server close") { $0.event == "close" && $0.remotePort == cport }
+        try run.waitFor("client close") { $0.event == "close" && $0.localPort == cport }
+        server.finish()
+        #expect(run.stop() == 0)
+
+        let (c, s) = flowRecords(run, clientPort: cport)
+        #expect(c.map(\.event) == ["connect", "established", "close"])
+        #expect(s.map(\.event) == ["established", "accept", "close"])
+        #expect(c.allSatisfy { $0.pid == cpid }, "the client's records name the client")
+        #expect(c.allSatisfy { $0.flowID == c.first?.flowID })
+        #expect(c[0].int("flow.remote.port") == server.port)
+        #expect(s[0][path: "process"] == nil, "before accept() nobody holds the connection")
+        #expect(s[1].pid == server.pid && s[2].pid == server.pid, "accept and close name the server")
+        #expect(s.allSatisfy { $0.flowID == s.first?.flowID })
+        let listenID = run.records.first { $0.event == "listen" && $0.localPort == server.port }?.flowID
+        if let listenID { #expect(s.allSatisfy { $0.string("flow.listener") == listenID }) }
+        #expect(c[2].string("reason") == "normal" && s[2].string("reason") == "normal")
+        #expect(c[2].int("bytes_out") == 1000 && c[2].int("bytes_in") == 2500)
+        #expect(s[2].int("bytes_in") == 1000 && s[2].int("bytes_out") == 2500)
+        #expect((c[2].int("duration_ns") ?? 0) > 0)
+        try run.validateStream()
+    }
+
+    @Test("pre-forked server: the listener is the parent's, each accept names the child that accepted")
+    func prefork() throws {
+        let run = try SockflowRun(["monitor"])
+        let server = try Helper(["serve", "--workers", "3", "--reply", "10"])
+        let workers = Set((server.ready["workers"] ?? "").split(separator: ",").compactMap { Int($0) })
+        #expect(workers.count == 3)
+        let listen = try run.waitFor("listen") { $0.event == "listen" && $0.localPort == server.port }
+        #expect(listen.pid == server.pid)
+        var clientPorts: [Int] = []
+        for _ in 0..<9 {
+            let c = try Helper.run(["connect", "--port", String(server.port), "--send", "7"])
+            clientPorts.append(try #require(Int(c["lport"] ?? "")))
+        }
+        for port in clientPorts {
+            try run.waitFor("server close for \(port)") { $0.event == "close" && $0.remotePort == port }
+        }
+        let served = server.connections
+        server.finish()
+        #expect(run.stop() == 0)
+        for port in clientPorts {
+            let (_, s) = flowRecords(run, clientPort: port)
+            let accept = try #require(s.first { $0.event == "accept" })
+            let worker = try #require(served[port]?.pid, "a worker served \(port)")
+            #expect(workers.contains(worker))
+            #expect(accept.pid == worker, "accept of \(port) names the worker that accepted it")
+            #expect(accept.pid != server.pid)
+            #expect(s.allSatisfy { $0.string("flow.listener") == listen.flowID })
+            #expect(s.last?.pid == worker)
+            #expect(s.last?.int("bytes_in") == 7 && s.last?.int("bytes_out") == 10)
+        }
+        try run.validateStream()
+    }
+
+    @Test("a connection reset by the client before anyone accepted it: 'aborted', no accept, no owner")
+    func abortedBeforeAccept() throws {
+        let server = try Helper(["serve", "--no-accept"])
+        let run = try SockflowRun(["monitor", "--port", String(server.port)])
+        let client = try Helper.run(["connect", "--port", String(server.port), "--linger0", "--hold-ms", "50"])
+        let cport = try #require(Int(client["lport"] ?? ""))
+        try run.waitFor("server-side close") { $0.event == "close" && $0.remotePort == cport }
+        try run.waitFor("client close") { $0.event == "close" && $0.localPort == cport }
+        server.finish()
+        #expect(run.stop() == 0)
+        let (c, s) = flowRecords(run, clientPort: cport)
+        #expect(s.map(\.event) == ["established", "close"], "never accepted")
+        #expect(s.last?.string("reason") == "aborted")
+        #expect(s.last?[path: "process"] == nil)
+        #expect(s.last?.int("errno") == Int(ECONNRESET))
+        #expect(c.last?.string("reason") == "reset", "the client aborted with an RST")
+        try run.validateStream()
+    }
+
+    @Test("connect to a closed port: 'refused', errno 111, no established")
+    func refused() throws {
+        let free = try Helper(["listen"])  // a port that is surely free once this closes
+        let port = free.port
+        free.finish()
+        let run = try SockflowRun(["monitor", "--port", String(port)])
+        let client = try Helper.run(["connect", "--port", String(port)])
+        #expect(client["errno"] == String(ECONNREFUSED))
+        let cport = try #require(Int(client["lport"] ?? ""))
+        let close = try run.waitFor("close") { $0.event == "close" && $0.localPort == cport }
+        #expect(run.stop() == 0)
+        let (c, _) = flowRecords(run, clientPort: cport)
+        #expect(c.map(\.event) == ["connect", "close"])
+        #expect(close.string("reason") == "refused")
+        #expect(close.int("errno") == Int(ECONNREFUSED))
+        #expect(close.pid == Int(client["pid"] ?? ""))
+        #expect(close.int("bytes_in") == 0 && close.int("bytes_out") == 0)
+        try run.validateStream()
+    }
+
+    @Test("SYN never answered (a blackhole in a test namespace, TCP_SYNCNT 1): 'timeout', errno 110, the namespace's netns")
+    func timeout() throws {
+        let ns = try TestNetns("to")
+        let run = try SockflowRun(["monitor", "--port", "80"])
+        let client = try Helper.run(
+            ["connect", "--addr", ns.blackhole, "--port", "80", "--syncnt", "1"], via: ns.wrapper, timeout: 30)
+        #expect(client["errno"] == String(ETIMEDOUT))
+        let cport = try #require(Int(client["lport"] ?? ""))
+        let close = try run.waitFor("close") { $0.event == "close" && $0.localPort == cport && $0.int("flow.netns") == ns.inode }
+        #expect(run.stop() == 0)
+        #expect(close.string("reason") == "timeout")
+        #expect(close.int("errno") == Int(ETIMEDOUT))
+        #expect((close.int("duration_ns") ?? 0) > 2_500_000_000)
+        #expect(close.pid == Int(client["pid"] ?? ""))
+        #expect(close.string("flow.remote.address") == ns.blackhole)
+        try run.validateStream()
+    }
+
+    @Test("server in its own namespace reached over veth (softirq receive path): exact owner, netns and bytes")
+    func vethNamespace() throws {
+        let ns = try TestNetns("veth")
+        let run = try SockflowRun(["monitor"])
+        let server = try Helper(["serve", "--addr", ns.nsAddress, "--reply", "3000"], via: ns.wrapper)
+        let client = try Helper.run(["connect", "--addr", ns.nsAddress, "--port", String(server.port), "--send", "500"])
+        let cport = try #require(Int(client["lport"] ?? ""))
+        let cpid = try #require(Int(client["pid"] ?? ""))
+        try run.waitFor("server close") { $0.event == "close" && $0.remotePort == cport && $0.localPort == server.port }
+        try run.waitFor("client close") { $0.event == "close" && $0.localPort == cport }
+        server.finish()
+        #expect(run.stop() == 0)
+        let (c, s) = flowRecords(run, clientPort: cport)
+        #expect(s.map(\.event) == ["established", "accept", "close"])
+        #expect(s.allSatisfy { $0.int("flow.netns") == ns.inode })
+        #expect(c.allSatisfy { $0.int("flow.netns") == Self.ownNetns })
+        #expect(s[0][path: "process"] == nil)
+        #expect(s[1].pid == server.pid && s[2].pid == server.pid)
+        #expect(c.allSatisfy { $0.pid == cpid })
+        #expect(!s.contains { $0.pid == cpid }, "no server-side record names the client")
+        #expect(s[2].int("bytes_in") == 500 && s[2].int("bytes_out") == 3000)
+        #expect(c.last?.int("bytes_in") == 3000 && c.last?.int("bytes_out") == 500)
+        #expect(s[1].string("flow.local.address") == ns.nsAddress)
+        #expect(s[1].string("flow.remote.address") == ns.hostAddress)
+        let listen = run.records.first { $0.event == "listen" && $0.localPort == server.port }
+        #expect(listen?.int("flow.netns") == ns.inode)
+        #expect(s.allSatisfy { $0.string("flow.listener") == listen?.flowID })
+        try run.validateStream()
+    }
+
+    @Test("IPv4 client on a dual-stack listener: the accepted flow is IPv4 with mapped: true")
+    func mappedPeer() throws {
+        let server = try Helper(["serve", "--family", "dual", "--addr", "::", "--reply", "5"])
+        let run = try SockflowRun(["monitor", "--port", String(server.port)])
+        let client = try Helper.run(["connect", "--addr", "127.0.0.1", "--port", String(server.port), "--send", "3"])
+        let cport = try #require(Int(client["lport"] ?? ""))
+        try run.waitFor("server close") { $0.event == "close" && $0.remotePort == cport }
+        server.finish()
+        #expect(run.stop() == 0)
+        let (c, s) = flowRecords(run, clientPort: cport)
+        #expect(s.count == 3)
+        for r in s {
+            #expect(r.string("flow.family") == "ipv4")
+            #expect(r[path: "flow.mapped"] as? Bool == true)
+            #expect(r.string("flow.local.address") == "127.0.0.1")
+            #expect(r.string("flow.remote.address") == "127.0.0.1")
+        }
+        #expect(c.allSatisfy { $0[path: "flow.mapped"] as? Bool == false && $0.string("flow.family") == "ipv4" })
+        #expect(s.last?.int("bytes_in") == 3 && s.last?.int("bytes_out") == 5)
+        try run.validateStream()
+    }
+
+    @Test("IPv6 on both ends")
+    func ipv6() throws {
+        let server = try Helper(["serve", "--family", "6", "--addr", "::1", "--reply", "64"])
+        let run = try SockflowRun(["monitor", "--port", String(server.port)])
+        let client = try Helper.run(["connect", "--addr", "::1", "--port", String(server.port), "--send", "32"])
+        let cport = try #require(Int(client["lport"] ?? ""))
+        try run.waitFor("server close") { $0.event == "close" && $0.remotePort == cport }
+        try run.waitFor("client close") { $0.event == "close" && $0.localPort == cport }
+        server.finish()
+        #expect(run.stop() == 0)
+        let (c, s) = flowRecords(run, clientPort: cport)
+        #expect(c.map(\.event) == ["connect", "established", "close"])
+        #expect(s.map(\.event) == ["established", "accept", "close"])
+        #expect((c + s).allSatisfy { $0.string("flow.family") == "ipv6" && $0.string("flow.local.address") == "::1" })
+        #expect(c.last?.int("bytes_in") == 64 && s.last?.int("bytes_in") == 32)
+        try run.validateStream()
+    }
+
+    @Test("a full flow table: an in-band 'overflow' record, records still written, never unbounded")
+    func tableLimit() throws {
+        let run = try SockflowRun(["monitor", "--max-flows", "2"])
+        // Three listeners alive at once: the third cannot be tracked.
+        let listeners = try (0..<3).map { _ in try Helper(["listen"]) }
+        let overflow = try run.waitFor("overflow") { $0.event == "overflow" }
+        #expect(overflow.string("table") == "flows")
+        #expect(overflow.int("limit") == 2)
+        #expect((overflow.int("untracked") ?? 0) >= 1)
+        for l in listeners {
+            try run.waitFor("listen \(l.port)") { $0.event == "listen" && $0.localPort == l.port }
+        }
+        for l in listeners { l.finish() }
+        for l in listeners {
+            let close = try run.waitFor("close \(l.port)") { $0.event == "close" && $0.localPort == l.port }
+            #expect(close.pid == l.pid, "an untracked listener's close still names its owner (kept in the kernel)")
+        }
+        #expect(run.stop() == 0)
+        #expect((run.records.last?.int("counters.untracked_flows") ?? 0) >= 1)
+        try run.validateStream()
+    }
+}
+}
