@@ -35,7 +35,7 @@ let package = Package(
         // The only Swift code that touches libbpf: load, attach, maps, ring buffer.
         .target(
             name: "SockFlowBPF",
-            dependencies: ["CLibBPF", "CSockFlowSkel", "CSockFlowABI", "SockFlowCore"],
+            dependencies: ["CLibBPF", "CSockFlowSkel", "CSockFlowABI", "CSockFlowShims", "SockFlowCore"],
             swiftSettings: swiftSettings),
         // The library other packages use: the monitor engine and the harness API.
         .target(

@@ -8,14 +8,20 @@
  *                                      ACTIVE/PASSIVE_ESTABLISHED_CB, STATE_CB (any context)
  *   tracepoint syscalls:sys_exit_accept4 / sys_exit_accept  (process context)
  *
- * Attribution happens in process context only: the owner is taken at listen()
- * and connect() and kept in socket-local storage; an inbound flow's owner is the
- * task whose accept() returned it. Code that may run in softirq (established,
- * close) reads the owner from storage and never calls bpf_get_current_*().
+ * Attribution happens in process context only: the owner is taken at listen(),
+ * connect() and when accept() returns, and written into those records; user space
+ * keeps it with the flow. Code that may run in softirq (established, close) never
+ * calls bpf_get_current_*(): it reports the socket, not a task.
  *
- * A listener's storage is created with BPF_F_CLONE, so each child the kernel
- * clones from it starts with a copy: that is how the child learns its
- * listener's cookie, exactly, even with SO_REUSEPORT.
+ * Per tracked socket the kernel keeps only what a close record needs, in a
+ * preallocated hash keyed by the socket cookie: no allocation per socket (socket-
+ * local storage cost about 2 us per connection cycle more, in kmalloc, memcg
+ * charging, cloning and RCU frees).
+ *
+ * A new inbound flow finds its listener by (netns, port, address), exact then
+ * wildcard. Only SO_REUSEPORT listeners, whose key several sockets share, get
+ * socket storage created with BPF_F_CLONE: each child the kernel clones from such
+ * a listener starts with a copy of its cookie, so the link stays exact there too.
  */
 #include "vmlinux_min.h"
 #include <bpf/bpf_helpers.h>
@@ -28,8 +34,8 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 const volatile struct sf_config cfg = {};
 
 /* Read by user space through the mmapped .bss. */
-__u64 lost_total = 0;     /* records that found the ring buffer full */
-__u64 storage_errors = 0; /* sockets that could not get storage (not tracked) */
+__u64 lost_total = 0;        /* records that found the ring buffer full */
+__u64 untracked_sockets = 0; /* sockets the flows table had no room for: no close */
 __u64 last_wakeup_ns = 0;
 
 struct {
@@ -37,12 +43,28 @@ struct {
 	__uint(max_entries, 8 << 20); /* user space sets the real size before load */
 } events SEC(".maps");
 
+/* Tracked sockets by cookie. User space sizes it before load (--max-flows + 1/8). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1 << 17);
+	__type(key, __u64);
+	__type(value, struct sf_flow_state);
+} flows SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1 << 14);
+	__type(key, struct sf_listener_key);
+	__type(value, struct sf_listener);
+} listeners SEC(".maps");
+
+/* SO_REUSEPORT listeners only: their cookie, copied into every child. */
 struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
 	__uint(map_flags, BPF_F_NO_PREALLOC | BPF_F_CLONE);
 	__type(key, int);
-	__type(value, struct sf_sock_state);
-} socks SEC(".maps");
+	__type(value, __u64);
+} reuseport_parents SEC(".maps");
 
 /* Process instances seen recently (tgid -> start time ^ exec count). The first
  * record of an instance wakes the reader at once, so it reads /proc while a
@@ -205,35 +227,117 @@ static __always_inline void track_state(struct bpf_sock_ops *skops)
 	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
 }
 
+/* Starts tracking a socket: its close will be reported. In process context
+ * (listen, connect) the current task is kept as the owner. */
+static __always_inline bool track(struct bpf_sock_ops *skops, __u64 cookie, __u8 role, __u64 listener,
+				  __u64 now, bool owner)
+{
+	struct sf_flow_state st = { .listener_cookie = listener, .start_ns = now, .role = role };
+
+	if (owner) {
+		struct task_struct *task = bpf_get_current_task_btf();
+
+		st.pid = task->tgid;
+		st.tid = task->pid;
+		__builtin_memcpy(st.comm, task->comm, sizeof(st.comm));
+	}
+
+	if (bpf_map_update_elem(&flows, &cookie, &st, BPF_ANY)) {
+		__sync_fetch_and_add(&untracked_sockets, 1);
+		return false;
+	}
+	track_state(skops);
+	return true;
+}
+
+static __always_inline void listener_key(struct sf_listener_key *k, const struct sf_sock *s)
+{
+	__builtin_memcpy(k->addr, s->laddr, 16);
+	k->netns = s->netns;
+	k->port = s->lport;
+	k->family = s->family;
+}
+
+static __always_inline void register_listener(struct bpf_sock_ops *skops, struct bpf_sock *sk,
+					      struct tcp_sock *tp, const struct sf_sock *s)
+{
+	struct sf_listener_key k = {};
+	struct sf_listener v = { .cookie = s->cookie }, *old;
+
+	listener_key(&k, s);
+	old = bpf_map_lookup_elem(&listeners, &k);
+	if (old && old->cookie != s->cookie)
+		v.cookie = 0; /* a second listener on the same key */
+	bpf_map_update_elem(&listeners, &k, &v, BPF_ANY);
+	if (tp && BPF_CORE_READ_BITFIELD(&tp->inet_conn.icsk_inet.sk.__sk_common, skc_reuseport)) {
+		__u64 *c = bpf_sk_storage_get(&reuseport_parents, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+
+		if (c)
+			*c = s->cookie;
+	}
+}
+
+static __always_inline void unregister_listener(const struct sf_sock *s)
+{
+	struct sf_listener_key k = {};
+	struct sf_listener *v;
+
+	listener_key(&k, s);
+	v = bpf_map_lookup_elem(&listeners, &k);
+	if (v && v->cookie == s->cookie)
+		bpf_map_delete_elem(&listeners, &k);
+}
+
+/* The owner kept with a flow, as a partial task (pid, tid, comm). */
+static __always_inline void keep_owner(struct sf_task *t, const struct sf_flow_state *st)
+{
+	if (!st->pid)
+		return;
+	t->pid = st->pid;
+	t->tid = st->tid;
+	__builtin_memcpy(t->comm, st->comm, sizeof(t->comm));
+	t->flags = SF_TASK_OWNER;
+}
+
+/* The listener a new inbound flow came from: exact address, then the wildcard. */
+static __always_inline __u64 find_listener(struct bpf_sock *sk, const struct sf_sock *s)
+{
+	struct sf_listener_key k = {};
+	struct sf_listener *v;
+	__u64 *parent = bpf_sk_storage_get(&reuseport_parents, sk, 0, 0);
+
+	if (parent)
+		return *parent;
+	listener_key(&k, s);
+	v = bpf_map_lookup_elem(&listeners, &k);
+	if (v)
+		return v->cookie;
+	__builtin_memset(k.addr, 0, 16);
+	v = bpf_map_lookup_elem(&listeners, &k);
+	return v ? v->cookie : 0;
+}
+
 static __always_inline int on_listen(struct bpf_sock_ops *skops)
 {
 	struct bpf_sock *sk = skops->sk;
-	struct sf_sock_state *st;
 	struct tcp_sock *tp;
 	struct sf_event *e;
+	__u64 cookie, now;
 
 	if (!sk || !port_selected(skops->local_port, 0))
 		return 1;
-	st = bpf_sk_storage_get(&socks, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-	if (!st) {
-		__sync_fetch_and_add(&storage_errors, 1);
-		return 1;
-	}
-	st->cookie = bpf_get_socket_cookie(skops);
-	st->listener_cookie = 0;
-	st->role = SF_ROLE_LISTENER;
-	st->start_ns = bpf_ktime_get_boot_ns();
-	fill_task(&st->owner);
-	track_state(skops);
-
+	cookie = bpf_get_socket_cookie(skops);
+	now = bpf_ktime_get_boot_ns();
+	track(skops, cookie, SF_ROLE_LISTENER, 0, now, true);
+	tp = bpf_skc_to_tcp_sock(sk);
 	e = reserve(SF_KIND_LISTEN);
 	if (!e)
 		return 1;
-	tp = bpf_skc_to_tcp_sock(sk);
 	fill_sock_ops(&e->sock, skops, tp);
-	e->sock.cookie = st->cookie;
-	e->task = st->owner;
-	e->start_ns = st->start_ns;
+	e->sock.cookie = cookie;
+	register_listener(skops, sk, tp, &e->sock);
+	fill_task(&e->task);
+	e->start_ns = now;
 	e->role = SF_ROLE_LISTENER;
 	if (tp)
 		e->backlog = tp->inet_conn.icsk_inet.sk.sk_max_ack_backlog;
@@ -244,30 +348,21 @@ static __always_inline int on_listen(struct bpf_sock_ops *skops)
 static __always_inline int on_connect(struct bpf_sock_ops *skops)
 {
 	struct bpf_sock *sk = skops->sk;
-	struct sf_sock_state *st;
 	struct sf_event *e;
+	__u64 cookie, now;
 
 	if (!sk || !port_selected(skops->local_port, bpf_ntohl(skops->remote_port)))
 		return 1;
-	st = bpf_sk_storage_get(&socks, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-	if (!st) {
-		__sync_fetch_and_add(&storage_errors, 1);
-		return 1;
-	}
-	st->cookie = bpf_get_socket_cookie(skops);
-	st->listener_cookie = 0;
-	st->role = SF_ROLE_OUTBOUND;
-	st->start_ns = bpf_ktime_get_boot_ns();
-	fill_task(&st->owner);
-	track_state(skops);
-
+	cookie = bpf_get_socket_cookie(skops);
+	now = bpf_ktime_get_boot_ns();
+	track(skops, cookie, SF_ROLE_OUTBOUND, 0, now, true);
 	e = reserve(SF_KIND_CONNECT);
 	if (!e)
 		return 1;
 	fill_sock_ops(&e->sock, skops, bpf_skc_to_tcp_sock(sk));
-	e->sock.cookie = st->cookie;
-	e->task = st->owner;
-	e->start_ns = st->start_ns;
+	e->sock.cookie = cookie;
+	fill_task(&e->task);
+	e->start_ns = now;
 	e->role = SF_ROLE_OUTBOUND;
 	submit_with_task(e);
 	return 1;
@@ -276,22 +371,24 @@ static __always_inline int on_connect(struct bpf_sock_ops *skops)
 static __always_inline int on_active_established(struct bpf_sock_ops *skops)
 {
 	struct bpf_sock *sk = skops->sk;
-	struct sf_sock_state *st;
+	struct sf_flow_state *st;
 	struct sf_event *e;
+	__u64 cookie;
 
 	if (!sk)
 		return 1;
-	st = bpf_sk_storage_get(&socks, sk, 0, 0);
+	cookie = bpf_get_socket_cookie(skops);
+	st = bpf_map_lookup_elem(&flows, &cookie);
 	if (!st || st->role != SF_ROLE_OUTBOUND)
 		return 1; /* connect() was not seen: before sockflow started, or filtered */
 	e = reserve(SF_KIND_ESTABLISHED);
 	if (!e)
 		return 1;
 	fill_sock_ops(&e->sock, skops, bpf_skc_to_tcp_sock(sk));
-	e->sock.cookie = st->cookie;
-	e->task = st->owner;
+	e->sock.cookie = cookie;
 	e->start_ns = st->start_ns;
 	e->role = SF_ROLE_OUTBOUND;
+	keep_owner(&e->task, st);
 	submit(e);
 	return 1;
 }
@@ -300,33 +397,23 @@ static __always_inline int on_active_established(struct bpf_sock_ops *skops)
 static __always_inline int on_passive_established(struct bpf_sock_ops *skops)
 {
 	struct bpf_sock *sk = skops->sk;
-	struct sf_sock_state *st;
 	struct sf_event *e;
-	__u64 cookie, listener = 0;
+	struct sf_sock s = {};
+	__u64 cookie, listener, now;
 
 	if (!sk || !port_selected(skops->local_port, bpf_ntohl(skops->remote_port)))
 		return 1;
-	st = bpf_sk_storage_get(&socks, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-	if (!st) {
-		__sync_fetch_and_add(&storage_errors, 1);
-		return 1;
-	}
 	cookie = bpf_get_socket_cookie(skops);
-	if (st->role == SF_ROLE_LISTENER && st->cookie != cookie)
-		listener = st->cookie; /* the copy BPF_F_CLONE made from the listener */
-	st->cookie = cookie;
-	st->listener_cookie = listener;
-	st->role = SF_ROLE_INBOUND;
-	st->start_ns = bpf_ktime_get_boot_ns();
-	__builtin_memset(&st->owner, 0, sizeof(st->owner)); /* unknown until accept() */
-	track_state(skops);
-
+	now = bpf_ktime_get_boot_ns();
+	fill_sock_ops(&s, skops, bpf_skc_to_tcp_sock(sk));
+	s.cookie = cookie;
+	listener = find_listener(sk, &s);
+	track(skops, cookie, SF_ROLE_INBOUND, listener, now, false);
 	e = reserve(SF_KIND_ESTABLISHED);
 	if (!e)
 		return 1;
-	fill_sock_ops(&e->sock, skops, bpf_skc_to_tcp_sock(sk));
-	e->sock.cookie = cookie;
-	e->start_ns = st->start_ns;
+	e->sock = s;
+	e->start_ns = now;
 	e->listener_cookie = listener;
 	e->role = SF_ROLE_INBOUND;
 	submit(e);
@@ -338,48 +425,53 @@ static __always_inline int on_passive_established(struct bpf_sock_ops *skops)
 static __always_inline int on_close(struct bpf_sock_ops *skops)
 {
 	struct bpf_sock *sk = skops->sk;
-	struct sf_sock_state *st;
+	struct sf_flow_state *st;
 	struct tcp_sock *tp;
 	struct sf_event *e;
 	__u64 cookie;
 
 	if (!sk)
 		return 1;
-	st = bpf_sk_storage_get(&socks, sk, 0, 0);
-	if (!st || st->role == SF_ROLE_NONE)
-		return 1;
 	cookie = bpf_get_socket_cookie(skops);
-	if (st->cookie != cookie)
-		return 1; /* a listener's clone that never became a reported flow */
-
-	e = reserve(SF_KIND_CLOSE);
-	if (!e)
+	st = bpf_map_lookup_elem(&flows, &cookie);
+	if (!st)
 		return 1;
 	tp = bpf_skc_to_tcp_sock(sk);
-	fill_sock_ops(&e->sock, skops, tp);
-	e->sock.cookie = cookie;
-	e->task = st->owner;
-	e->start_ns = st->start_ns;
-	e->listener_cookie = st->listener_cookie;
-	e->role = st->role;
-	e->tcp_state = skops->args[0];
-	e->bytes_received = skops->bytes_received;
-	e->bytes_acked = skops->bytes_acked;
-	if (tp) {
-		struct sock *s = &tp->inet_conn.icsk_inet.sk;
-		__u8 old = skops->args[0];
+	if (st->role == SF_ROLE_LISTENER) {
+		struct sf_sock s = {};
 
-		e->sk_err = s->sk_err;
-		/* sk_shutdown cannot tell a received FIN from our own close(); SOCK_DONE can. */
-		if (s->__sk_common.skc_flags & (1UL << bpf_core_enum_value(enum sock_flags, SOCK_DONE)))
-			e->close_flags |= SF_CLOSE_FIN_RCVD;
-		/* Our FIN went out in these states; it is acked once snd_una reaches write_seq. */
-		if ((old == TCP_FIN_WAIT2 || old == TCP_CLOSING || old == TCP_LAST_ACK) &&
-		    tp->snd_una == tp->write_seq)
-			e->close_flags |= SF_CLOSE_FIN_ACKED;
+		fill_sock_ops(&s, skops, tp);
+		s.cookie = cookie;
+		unregister_listener(&s); /* even when the record below finds no room */
 	}
-	st->role = SF_ROLE_NONE; /* a socket that listens again starts a new flow */
-	submit(e);
+	e = reserve(SF_KIND_CLOSE);
+	if (e) {
+		fill_sock_ops(&e->sock, skops, tp);
+		e->sock.cookie = cookie;
+		e->start_ns = st->start_ns;
+		e->listener_cookie = st->listener_cookie;
+		e->role = st->role;
+		keep_owner(&e->task, st);
+		e->tcp_state = skops->args[0];
+		e->bytes_received = skops->bytes_received;
+		e->bytes_acked = skops->bytes_acked;
+		if (tp) {
+			struct sock *s = &tp->inet_conn.icsk_inet.sk;
+			__u8 old = skops->args[0];
+
+			e->sk_err = s->sk_err;
+			/* sk_shutdown cannot tell a received FIN from our own close(); SOCK_DONE can. */
+			if (s->__sk_common.skc_flags & (1UL << bpf_core_enum_value(enum sock_flags, SOCK_DONE)))
+				e->close_flags |= SF_CLOSE_FIN_RCVD;
+			/* Our FIN went out in these states; it is acked once snd_una reaches write_seq. */
+			if ((old == TCP_FIN_WAIT2 || old == TCP_CLOSING || old == TCP_LAST_ACK) &&
+			    tp->snd_una == tp->write_seq)
+				e->close_flags |= SF_CLOSE_FIN_ACKED;
+		}
+		submit(e);
+	}
+	/* a socket that listens again starts a new flow */
+	bpf_map_delete_elem(&flows, &cookie);
 	return 1;
 }
 

@@ -1,6 +1,7 @@
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <sched.h>
+#include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 #include "CSockFlowShims.h"
@@ -34,4 +35,9 @@ int sockflow_setns(int fd, int nstype)
 int sockflow_clone_newnet(void)
 {
 	return CLONE_NEWNET;
+}
+
+int sockflow_vasprintf(char **out, const char *format, va_list args)
+{
+	return vasprintf(out, format, args);
 }

@@ -21,9 +21,11 @@ public struct MonitorConfiguration: Sendable {
     /// The longest a record waits in the ring before it is written, in
     /// milliseconds. 0: the kernel wakes the reader for every record.
     public var maxDelayMilliseconds = 10
-    public var flowTableLimit = 1 << 18
+    public var flowTableLimit = 1 << 17
     /// Stop on SIGINT and SIGTERM (the CLI); a library user calls `requestStop()`.
     public var handleSignals = false
+    /// Also write the stream records (start, lost, overflow, stop) to stderr.
+    public var summary = false
     public var verbose = false
 
     public init() {}
@@ -48,6 +50,7 @@ public final class Monitor: @unchecked Sendable {
     /// Samples taken from the ring, filtered or not: what tells an empty batch.
     private let samples = SampleCounter()
     private let reconciler = Reconciler()
+    private var summaryWriter: LineWriter?
 
     /// Loads and attaches; records flow once `run()` starts. Throws a `BPFError`
     /// that names what is missing (privilege, BTF, a hook) with nothing left attached.
@@ -60,6 +63,10 @@ public final class Monitor: @unchecked Sendable {
         options.wakeupIntervalNanoseconds = UInt64(configuration.maxDelayMilliseconds) * 1_000_000
         options.ports = configuration.ports
         options.cgroupPath = configuration.cgroupPath
+        // A little more room in the kernel than in user space: when flows overflow,
+        // the user-space table does first (and says so in-band) while the kernel
+        // still reports the closes of the flows it could not keep.
+        options.flowCapacity = configuration.flowTableLimit + configuration.flowTableLimit / 8 + 64
         self.program = try MonitorProgram.start(options)
         var filter = RecordFilter()
         if !configuration.pids.isEmpty { filter.pids = Set(configuration.pids) }
@@ -67,6 +74,11 @@ public final class Monitor: @unchecked Sendable {
         self.builder = RecordBuilder(
             sink: output, bootTag: BootID.tag(), filter: filter, flowTableLimit: configuration.flowTableLimit)
         builder.flowRecordLimit = configuration.count
+        if configuration.summary {
+            let err = LineWriter(fd: 2, format: .json)
+            summaryWriter = err
+            builder.streamSink = err
+        }
         self.epollFD = epoll_create1(Int32(EPOLL_CLOEXEC))
         self.stopFD = eventfd(0, Int32(EFD_CLOEXEC | EFD_NONBLOCK))
         guard epollFD >= 0, stopFD >= 0 else { throw BPFError("create the event loop", code: errno) }
@@ -136,6 +148,7 @@ public final class Monitor: @unchecked Sendable {
     @discardableResult
     public func run() throws -> StopReason {
         builder.emitStart(startDetails)
+        _ = summaryWriter?.flush()
         var reason: StopReason? = output.flush() ? nil : .outputClosed
         let deadline = configuration.duration.map { WallClock.boottime() + UInt64($0 * 1e9) }
         let interval = Int32(max(configuration.maxDelayMilliseconds, 0))
@@ -176,6 +189,7 @@ public final class Monitor: @unchecked Sendable {
             try pump()
             active = samples.count != before
             if !output.flush() { reason = .outputClosed }
+            _ = summaryWriter?.flush()
             if builder.isFinished { reason = .count }
         }
         finish(reason!)
@@ -186,7 +200,7 @@ public final class Monitor: @unchecked Sendable {
         builder.clock.refresh()
         try ring.consume()
         if !builder.isFinished {
-            builder.noteKernelLoss(ringBuffer: program.lostTotal, socketStorage: program.storageErrors)
+            builder.noteKernelLoss(ringBuffer: program.lostTotal, untrackedSockets: program.untrackedSockets)
             builder.flushPendingLoss()
             reconciler.maybeRun(builder)
         }
@@ -203,12 +217,13 @@ public final class Monitor: @unchecked Sendable {
             counters: [
                 ("lost", program.lostTotal),
                 ("undecodable", builder.undecodable),
-                ("untracked_sockets", program.storageErrors),
+                ("untracked_sockets", program.untrackedSockets),
                 ("untracked_flows", builder.table.untracked),
                 ("reconciled_flows", reconciler.removed),
                 ("open_flows", UInt64(builder.table.count)),
             ])
         _ = output.flush()
+        _ = summaryWriter?.flush()
     }
 }
 

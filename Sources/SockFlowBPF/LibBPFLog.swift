@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import CLibBPF
+import CSockFlowShims
 
 /// Routes libbpf's own messages to stderr (never stdout, which carries records).
 /// Warnings always; info and debug with `verbose`.
@@ -14,17 +15,17 @@ public enum LibBPFLog {
             guard let format, let args else { return 0 }
             if level == LIBBPF_DEBUG, !LibBPFLog.verbose { return 0 }
             if level == LIBBPF_INFO, !LibBPFLog.verbose { return 0 }
-            var buf = [CChar](repeating: 0, count: 4096)
-            let n = vsnprintf(&buf, buf.count, format, args)
-            guard n > 0 else { return 0 }
-            let len = min(Int(n), buf.count - 1)
-            buf.withUnsafeBytes { raw in
-                var off = 0
-                while off < len {
-                    let w = write(2, raw.baseAddress! + off, len - off)
-                    if w <= 0 { break }
-                    off += w
-                }
+            // Verifier logs run to many kilobytes: format into a buffer of the
+            // message's size (vasprintf, through a shim: va_copy is a C macro).
+            var text: UnsafeMutablePointer<CChar>?
+            let n = sockflow_vasprintf(&text, format, args)
+            guard n > 0, let text else { return 0 }
+            defer { free(text) }
+            var off = 0
+            while off < Int(n) {
+                let w = write(2, text + off, Int(n) - off)
+                if w <= 0 { break }
+                off += w
             }
             return n
         }

@@ -24,6 +24,8 @@ public final class MonitorProgram {
         public var wakeupBytes: UInt64? = nil
         /// Only flows with one of these local or remote ports (kernel side).
         public var ports: [UInt16] = []
+        /// Sockets the kernel tracks at once (its preallocated flow table).
+        public var flowCapacity: Int = 1 << 17
         /// A cgroup v2 directory: the sockops program attaches there instead of at
         /// the root, and accept() is reported only for tasks under it.
         public var cgroupPath: String? = nil
@@ -84,8 +86,8 @@ public final class MonitorProgram {
 
     /// Records the kernel could not reserve since load (read from the mmapped .bss).
     public var lostTotal: UInt64 { volatileLoad(&skel.pointee.bss.pointee.lost_total) }
-    /// Sockets that could not get storage, so their flows are not reported.
-    public var storageErrors: UInt64 { volatileLoad(&skel.pointee.bss.pointee.storage_errors) }
+    /// Sockets the kernel's flow table had no room for: no established/close for them.
+    public var untrackedSockets: UInt64 { volatileLoad(&skel.pointee.bss.pointee.untracked_sockets) }
 
     private func volatileLoad(_ p: UnsafeMutablePointer<UInt64>) -> UInt64 {
         UnsafeRawPointer(p).withMemoryRebound(to: UInt64.self, capacity: 1) { $0.pointee }
@@ -98,6 +100,9 @@ public final class MonitorProgram {
                            hint: "must be a power of two and at least \(getpagesize()) bytes")
         }
         try check(bpf_map__set_max_entries(skel.pointee.maps.events, UInt32(size)), "set the ring buffer size")
+        try check(
+            bpf_map__set_max_entries(skel.pointee.maps.flows, UInt32(clamping: max(options.flowCapacity, 64))),
+            "size the kernel's flow table")
         var cfg = sf_config()
         cfg.wakeup_interval_ns = options.wakeupIntervalNanoseconds
         cfg.wakeup_bytes = options.wakeupBytes ?? UInt64(size / 4)

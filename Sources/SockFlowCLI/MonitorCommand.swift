@@ -77,7 +77,10 @@ struct MonitorCommand: ParsableCommand {
     @Option(name: .customLong("max-flows"), help: ArgumentHelp(
         "Flows kept in memory at once; past it, an 'overflow' record says how many went untracked.",
         valueName: "n"))
-    var maxFlows = 1 << 18
+    var maxFlows = 1 << 17
+
+    @Flag(help: "Also write the stream records (start, lost, overflow, stop) to stderr, one JSON line each.")
+    var summary = false
 
     @Flag(help: "Print libbpf's informational messages on stderr.")
     var verbose = false
@@ -86,7 +89,7 @@ struct MonitorCommand: ParsableCommand {
     var resolvedCgroup: String?
 
     enum CodingKeys: String, CodingKey {
-        case pids, cgroup, ports, format, count, duration, ringBufferSize, maxDelay, maxFlows, verbose
+        case pids, cgroup, ports, format, count, duration, ringBufferSize, maxDelay, maxFlows, summary, verbose
     }
 
     mutating func validate() throws {
@@ -140,6 +143,7 @@ struct MonitorCommand: ParsableCommand {
         c.ringBufferBytes = ringBufferSize.bytes
         c.maxDelayMilliseconds = maxDelay
         c.flowTableLimit = maxFlows
+        c.summary = summary
         c.handleSignals = true
         c.verbose = verbose
         return c

@@ -156,6 +156,14 @@ public final class ProcessCache {
         ProcessRecord(instance: instance(for: task), task: task)
     }
 
+    /// For a partial task (the owner the kernel kept with a flow: pid, tid, comm):
+    /// the process instance last seen with that pid, if its records came through.
+    /// nil if there is none: then nothing is known beyond the pid, and nothing is shown.
+    public func owner(_ task: sf_task) -> ProcessRecord? {
+        guard task.flags & UInt32(SF_TASK_OWNER.rawValue) != 0, let instance = entries[task.pid] else { return nil }
+        return ProcessRecord(instance: instance, task: task)
+    }
+
     @inline(never)
     func resolve(_ task: sf_task) -> ProcessInstance {
         var details: ProcessDetails?

@@ -100,8 +100,9 @@ public struct LostDetails: Sendable {
     public enum Reason: String, Sendable {
         /// The kernel found the ring buffer full and could not reserve the records.
         case ringBufferFull = "ring_buffer_full"
-        /// Sockets the kernel could not give storage to, so their flows went unreported.
-        case socketStorage = "socket_storage"
+        /// Sockets the kernel's flow table had no room for: their later records
+        /// (established, close) cannot be written. Counts sockets.
+        case kernelTableFull = "kernel_table_full"
         /// Samples that could not be decoded.
         case undecodable
     }

@@ -31,6 +31,8 @@ public struct RecordFilter: Sendable {
 /// exclusivity checks, which cost more than the rest of the bookkeeping.
 public final class RecordBuilder {
     public let sink: RecordSink
+    /// Also receives the stream records (start, lost, overflow, stop): `--summary`.
+    public var streamSink: RecordSink?
     public let bootTag: UInt32
     @exclusivity(unchecked) public var clock: WallClock
     @exclusivity(unchecked) public var filter: RecordFilter
@@ -40,6 +42,8 @@ public final class RecordBuilder {
     @exclusivity(unchecked) public private(set) var seq: UInt64 = 0
     /// Flow records emitted (listen, connect, established, accept, close).
     @exclusivity(unchecked) public private(set) var flowRecords: UInt64 = 0
+    /// Flow records per event: listen, connect, established, accept, close.
+    @exclusivity(unchecked) public private(set) var eventCounts: (UInt64, UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0, 0)
     /// Stop after this many flow records (`--count`); nil: never.
     @exclusivity(unchecked) public var flowRecordLimit: UInt64?
     public var isFinished: Bool { flowRecordLimit.map { flowRecords >= $0 } ?? false }
@@ -54,7 +58,7 @@ public final class RecordBuilder {
 
     public init(
         sink: RecordSink, bootTag: UInt32, clock: WallClock = WallClock(), filter: RecordFilter = RecordFilter(),
-        flowTableLimit: Int = 1 << 18, processes: ProcessCache = ProcessCache()
+        flowTableLimit: Int = 1 << 17, processes: ProcessCache = ProcessCache()
     ) {
         self.sink = sink
         self.bootTag = bootTag
@@ -69,28 +73,36 @@ public final class RecordBuilder {
     public func emitStart(_ details: StreamDetails) {
         var r = Record(seq: nextSeq(), time: WallClock.now(), event: .start)
         r.stream = details
+        emitStream(r)
+    }
+
+    func emitStream(_ r: Record) {
         sink.emit(r)
+        streamSink?.emit(r)
     }
 
     public func emitStop(reason: String, counters: [(String, UInt64)]) {
         var d = StreamDetails()
         d.stopReason = reason
-        d.counters = [("records", seq + 1), ("flow_records", flowRecords)] + counters
+        let c = eventCounts
+        d.counters = [("records", seq + 1), ("flow_records", flowRecords),
+                      ("listen", c.0), ("connect", c.1), ("established", c.2), ("accept", c.3), ("close", c.4)]
+            + counters
         var r = Record(seq: nextSeq(), time: WallClock.now(), event: .stop)
         r.stream = d
-        sink.emit(r)
+        emitStream(r)
     }
 
     /// The kernel's running totals of what it could not deliver; a `lost` record
     /// for whatever is not yet reported. Called per event (from its header) and per
     /// batch (from the counters), so a gap is reported before the next record.
-    public func noteKernelLoss(ringBuffer total: UInt64, socketStorage storage: UInt64? = nil) {
+    public func noteKernelLoss(ringBuffer total: UInt64, untrackedSockets storage: UInt64? = nil) {
         if total > reportedRingLoss {
             emitLost(total - reportedRingLoss, .ringBufferFull)
             reportedRingLoss = total
         }
         if let storage, storage > reportedStorageLoss {
-            emitLost(storage - reportedStorageLoss, .socketStorage)
+            emitLost(storage - reportedStorageLoss, .kernelTableFull)
             reportedStorageLoss = storage
         }
     }
@@ -116,7 +128,7 @@ public final class RecordBuilder {
         guard reportedUntracked == 0 || now - lastOverflowRecord >= 1_000_000_000 else { return }
         var r = Record(seq: nextSeq(), time: now, event: .overflow)
         r.overflow = OverflowDetails(table: "flows", limit: table.limit, untracked: untracked)
-        sink.emit(r)
+        emitStream(r)
         reportedUntracked = untracked
         lastOverflowRecord = now
     }
@@ -124,7 +136,7 @@ public final class RecordBuilder {
     func emitLost(_ count: UInt64, _ reason: LostDetails.Reason) {
         var r = Record(seq: nextSeq(), time: WallClock.now(), event: .lost)
         r.lost = LostDetails(count: count, reason: reason)
-        sink.emit(r)
+        emitStream(r)
     }
 
     @inline(__always)
@@ -197,8 +209,8 @@ public final class RecordBuilder {
                 e.flow.local = flow.local  // the final local endpoint
                 return e.owner
             } ?? nil
-            if owner == nil, e.pointee.task.flags & UInt32(SF_TASK_VALID.rawValue) != 0 {
-                owner = processes.record(for: e.pointee.task)
+            if owner == nil {
+                owner = processes.owner(e.pointee.task)  // its connect record was lost
                 table.insert(.init(flow: flow, owner: owner, role: .outbound, accepted: false, since: e.pointee.hdr.ts_ns))
             }
             emitFlow(.established, e, flow, owner)
@@ -243,8 +255,8 @@ public final class RecordBuilder {
             if e.pointee.listener_cookie != 0 { flow.listener = FlowID(boot: bootTag, cookie: e.pointee.listener_cookie) }
         }
         var owner = entry?.owner
-        if owner == nil, role != .inbound, e.pointee.task.flags & UInt32(SF_TASK_VALID.rawValue) != 0 {
-            owner = processes.record(for: e.pointee.task)
+        if owner == nil, role != .inbound {
+            owner = processes.owner(e.pointee.task)  // not in the table: lost or overflowed
         }
         let end = e.pointee.hdr.ts_ns
         var details = CloseDetails(
@@ -333,6 +345,13 @@ public final class RecordBuilder {
         r.process = owner
         r.close = close
         flowRecords &+= 1
+        switch type {
+        case .listen: eventCounts.0 &+= 1
+        case .connect: eventCounts.1 &+= 1
+        case .established: eventCounts.2 &+= 1
+        case .accept: eventCounts.3 &+= 1
+        default: eventCounts.4 &+= 1
+        }
         sink.emit(r)
     }
 

@@ -8,7 +8,7 @@
  *                   [--name COMM] [--exit-now] [--fork-listen] [--listen-fork] [-- ARGS...]
  *   sfhelper hostile           re-executes itself as `listen` with hostile argv and comm
  *   sfhelper burst N           N times: socket, bind 127.0.0.1:0, listen, close; then "ready"
- *   sfhelper serve [listen options] [--workers K] [--reply N] [--no-accept]
+ *   sfhelper serve [listen options] [--workers K] [--reply N] [--no-accept] [--reuseport]
  *                  accepts connections (in K pre-forked children that share the listener,
  *                  or itself when K is 0); per connection reads to EOF, writes N bytes,
  *                  closes, prints "conn pid=.. lport=.. rport=.. in=.. out=.."
@@ -47,7 +47,7 @@ struct listen_opts {
 	int port;
 	int backlog;
 	const char *name;
-	int exit_now, fork_listen, listen_fork, wait_go;
+	int exit_now, fork_listen, listen_fork, wait_go, reuseport;
 };
 
 static int make_socket(const struct listen_opts *o, int *port_out)
@@ -61,6 +61,8 @@ static int make_socket(const struct listen_opts *o, int *port_out)
 	if (fd < 0)
 		die("socket");
 	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	if (o->reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)))
+		die("SO_REUSEPORT");
 	if (v6) {
 		int v6only = strcmp(o->family, "6only") == 0 || (strcmp(o->family, "6") == 0);
 		struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
@@ -303,6 +305,7 @@ static int cmd_serve(int argc, char **argv)
 		else if (!strcmp(argv[i], "--workers") && i + 1 < argc) workers = atoi(argv[++i]);
 		else if (!strcmp(argv[i], "--reply") && i + 1 < argc) reply = atol(argv[++i]);
 		else if (!strcmp(argv[i], "--no-accept")) no_accept = 1;
+		else if (!strcmp(argv[i], "--reuseport")) o.reuseport = 1;
 		else { fprintf(stderr, "sfhelper serve: unknown option %s\n", argv[i]); return 2; }
 	}
 	if (workers > 32)

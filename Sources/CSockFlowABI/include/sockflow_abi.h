@@ -32,7 +32,7 @@ enum sf_kind {
 	SF_KIND_CLOSE = 5,       /* a reported flow reached TCP_CLOSE                        */
 };
 
-/* What a tracked socket is to sockflow (struct sf_sock_state.role, struct sf_event.role). */
+/* What a tracked socket is to sockflow (struct sf_flow_state.role, struct sf_event.role). */
 enum sf_role {
 	SF_ROLE_NONE = 0,
 	SF_ROLE_LISTENER = 1,
@@ -49,6 +49,7 @@ enum sf_sock_flags {
 enum sf_task_flags {
 	SF_TASK_VALID = 1 << 0,   /* the fields were taken from a task in process context */
 	SF_TASK_KTHREAD = 1 << 1, /* ... and that task was a kernel thread                */
+	SF_TASK_OWNER = 1 << 2,   /* only pid, tid and comm: the owner kept with the flow */
 };
 
 /* struct sf_event.close_flags: what the kernel knew about the end of a flow */
@@ -117,15 +118,29 @@ struct sf_event {
 	__u8 pad[3];
 };
 
-/* What the BPF side keeps per tracked socket (BPF_MAP_TYPE_SK_STORAGE, cloned to the
- * children of a listener by BPF_F_CLONE, which is how a child learns its listener). */
-struct sf_sock_state {
-	__u64 cookie;          /* the socket this was written for; a clone still has the listener's */
-	__u64 listener_cookie;
-	__u64 start_ns;
-	struct sf_task owner;
+/* What the BPF side keeps per tracked socket, in a preallocated hash keyed by the
+ * socket cookie (no allocation per socket): what a close record needs. */
+struct sf_flow_state {
+	__u64 listener_cookie; /* inbound: the listener the flow came from, 0 if unknown */
+	__u64 start_ns;        /* listen, connect, or inbound handshake */
+	__u32 pid;             /* listener, outbound: the owner, so a close can name it */
+	__u32 tid;             /* even when the record that named it was lost           */
+	char comm[SF_COMM_LEN];
 	__u8 role;             /* enum sf_role */
 	__u8 pad[7];
+};
+
+/* Listeners by where they listen, so a new inbound flow finds its listener:
+ * exact address first, then the wildcard (0.0.0.0 or ::) of its family. */
+struct sf_listener_key {
+	__u8 addr[16];
+	__u32 netns;
+	__u16 port;
+	__u16 family;
+};
+
+struct sf_listener {
+	__u64 cookie; /* 0: more than one listener has this key (SO_REUSEPORT) */
 };
 
 /* Load-time knobs (const volatile in .rodata, set before load). */

@@ -1,6 +1,7 @@
 /* Shims for calls Swift cannot make directly. Each says why it exists. */
 #ifndef CSOCKFLOWSHIMS_H
 #define CSOCKFLOWSHIMS_H
+#include <stdarg.h>
 #include <stdint.h>
 /* Linux headers Glibc's Swift module leaves out. */
 #include <sys/epoll.h>
@@ -22,6 +23,9 @@ int sockflow_gettid(void);
 
 /* setns(2) too. Moves the calling thread into the namespace `fd` refers to. */
 int sockflow_setns(int fd, int nstype);
+
+/* vasprintf(3) (GNU): formats a libbpf message of any length. *out is malloc'ed. */
+int sockflow_vasprintf(char **out, const char *format, va_list args);
 
 /* CLONE_NEWNET, which sched.h defines only under _GNU_SOURCE. */
 int sockflow_clone_newnet(void);
