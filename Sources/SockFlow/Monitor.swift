@@ -17,7 +17,7 @@ public struct MonitorConfiguration: Sendable {
     public var count: UInt64?
     /// Stop after this many seconds.
     public var duration: Double?
-    public var ringBufferBytes = 8 << 20
+    public var ringBufferBytes = 4 << 20
     /// The longest a record waits in the ring before it is written, in
     /// milliseconds. 0: the kernel wakes the reader for every record.
     public var maxDelayMilliseconds = 10

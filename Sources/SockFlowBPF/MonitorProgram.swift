@@ -16,7 +16,7 @@ import SockFlowCore
 public final class MonitorProgram {
     public struct Options: Sendable {
         /// Bytes; a power of two, at least one page.
-        public var ringBufferBytes: Int = 8 << 20
+        public var ringBufferBytes: Int = 4 << 20
         /// 0: the kernel wakes the reader on every record. Otherwise at most once per
         /// interval, or when `wakeupBytes` wait in the ring.
         public var wakeupIntervalNanoseconds: UInt64 = 5_000_000

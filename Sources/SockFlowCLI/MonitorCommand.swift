@@ -67,7 +67,7 @@ struct MonitorCommand: ParsableCommand {
 
     @Option(name: .customLong("ring-buffer-size"), help: ArgumentHelp(
         "Kernel ring buffer size: a power of two of at least one page (e.g. 64K, 8M).", valueName: "size"))
-    var ringBufferSize = ByteSize(bytes: 8 << 20)
+    var ringBufferSize = ByteSize(bytes: 4 << 20)
 
     @Option(name: .customLong("max-delay"), help: ArgumentHelp(
         "Longest time a record waits before it is written, in milliseconds (0: wake on every record).",

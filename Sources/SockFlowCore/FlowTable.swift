@@ -1,10 +1,16 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// The live flows sockflow has reported, by socket cookie. Bounded: past `limit`
 /// new flows are not tracked (and counted), so memory never grows without bound;
 /// entries leave when their flow closes.
 ///
-/// Open addressing with linear probing and a multiplicative hash of the cookie
-/// (cookies are a counter: no attacker chooses them), entries updated in place:
-/// the event path neither hashes with SipHash nor copies entries around.
+/// Entries are kept dense, with an open-addressing index (linear probing, a
+/// multiplicative hash of the cookie: cookies are a counter, no attacker chooses
+/// them) that holds cookie and position. Entries are updated in place: the event
+/// path neither hashes with SipHash nor copies entries around, and memory is
+/// about (entry + 2 index slots) per live flow.
 public final class FlowTable {
     public struct Entry: Sendable {
         public var flow: Flow
@@ -25,8 +31,11 @@ public final class FlowTable {
     }
 
     public let limit: Int
-    @exclusivity(unchecked) private var keys: UnsafeMutablePointer<UInt64>  // 0: empty
-    @exclusivity(unchecked) private var values: UnsafeMutablePointer<Entry>
+    /// Entries, dense: 0..<count. Removal moves the last entry into the hole.
+    @exclusivity(unchecked) private var entries: UnsafeMutablePointer<Entry>
+    @exclusivity(unchecked) private var entryCapacity: Int
+    /// Open-addressing index: cookie (0: empty) and the entry's position.
+    @exclusivity(unchecked) private var slots: UnsafeMutablePointer<Slot>
     @exclusivity(unchecked) private var mask: Int
     @exclusivity(unchecked) private var shift: UInt64
     @exclusivity(unchecked) public private(set) var count = 0
@@ -36,36 +45,53 @@ public final class FlowTable {
     /// (an RST handled on the other CPU) must not leave an entry behind.
     @exclusivity(unchecked) private var recent: [UInt64]
 
-    public init(limit: Int, initialCapacity: Int = 1024) {
+    struct Slot {
+        var cookie: UInt64
+        var position: Int32
+    }
+
+    /// Reserves room for `limit` entries and an index of twice that, as anonymous
+    /// memory: pages become resident only when flows use them, so memory follows
+    /// the live flows (their high-water mark) and growing never copies.
+    public init(limit: Int) {
         self.limit = max(limit, 1)
-        var cap = 16
-        while cap < initialCapacity { cap <<= 1 }
-        keys = .allocate(capacity: cap)
-        keys.initialize(repeating: 0, count: cap)
-        values = .allocate(capacity: cap)
-        mask = cap - 1
-        shift = UInt64(64 - cap.trailingZeroBitCount)
+        var slotCount = 16
+        while slotCount < self.limit * 2 { slotCount <<= 1 }
+        entryCapacity = self.limit
+        entries = Self.reserve(Entry.self, count: self.limit)
+        slots = Self.reserve(Slot.self, count: slotCount)  // zero pages: every slot empty
+        mask = slotCount - 1
+        shift = UInt64(64 - slotCount.trailingZeroBitCount)
         recent = [UInt64](repeating: 0, count: 4096)
     }
 
     deinit {
-        for i in 0...mask where keys[i] != 0 { (values + i).deinitialize(count: 1) }
-        keys.deallocate()
-        values.deallocate()
+        entries.deinitialize(count: count)
+        munmap(entries, entryCapacity * MemoryLayout<Entry>.stride)
+        munmap(slots, capacity * MemoryLayout<Slot>.stride)
     }
 
+    static func reserve<T>(_: T.Type, count: Int) -> UnsafeMutablePointer<T> {
+        let bytes = max(count * MemoryLayout<T>.stride, 1)
+        let p = mmap(nil, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
+        guard let p, p != MAP_FAILED else { fatalError("cannot reserve \(bytes) bytes for the flow table") }
+        return p.bindMemory(to: T.self, capacity: count)
+    }
+
+    /// Index slots (a power of two, at least twice the entries' capacity).
     public var capacity: Int { mask + 1 }
 
     @inline(__always)
     private func home(_ k: UInt64) -> Int { Int(truncatingIfNeeded: (k &* 0x9E37_79B9_7F4A_7C15) >> shift) }
 
+    /// The slot holding `k`, or nil.
     @inline(__always)
     private func find(_ k: UInt64) -> Int? {
         var i = home(k)
         while true {
-            let key = keys[i]
-            if key == k { return i }
-            if key == 0 { return nil }
+            let c = slots[i].cookie
+            if c == k { return i }
+            if c == 0 { return nil }
             i = (i &+ 1) & mask
         }
     }
@@ -74,20 +100,20 @@ public final class FlowTable {
 
     public subscript(cookie: UInt64) -> Entry? {
         guard cookie != 0, let i = find(cookie) else { return nil }
-        return values[i]
+        return entries[Int(slots[i].position)]
     }
 
     /// The owner of a tracked flow, without copying the entry.
     public func owner(of cookie: UInt64) -> ProcessRecord? {
         guard cookie != 0, let i = find(cookie) else { return nil }
-        return values[i].owner
+        return entries[Int(slots[i].position)].owner
     }
 
     /// Runs `body` on the entry in place; nil if the flow is not tracked.
     @inline(__always)
     public func withEntry<R>(_ cookie: UInt64, _ body: (inout Entry) -> R) -> R? {
         guard cookie != 0, let i = find(cookie) else { return nil }
-        return body(&values[i])
+        return body(&entries[Int(slots[i].position)])
     }
 
     /// Inserts or replaces; false (and counted) when the table is full.
@@ -96,43 +122,49 @@ public final class FlowTable {
         let k = entry.flow.id.cookie
         guard k != 0 else { return false }
         if let i = find(k) {
-            values[i] = entry
+            entries[Int(slots[i].position)] = entry
             return true
         }
         if count >= limit {
             untracked &+= 1
             return false
         }
-        if (count + 1) * 4 > capacity * 3 { grow() }
         var i = home(k)
-        while keys[i] != 0 { i = (i &+ 1) & mask }
-        keys[i] = k
-        (values + i).initialize(to: entry)
+        while slots[i].cookie != 0 { i = (i &+ 1) & mask }
+        slots[i] = Slot(cookie: k, position: Int32(count))
+        (entries + count).initialize(to: entry)
         count += 1
         return true
     }
 
-    /// Removes and returns the entry (backward-shift deletion: no tombstones).
+    /// Removes and returns the entry. The index uses backward-shift deletion (no
+    /// tombstones); the last entry moves into the hole so entries stay dense.
     public func remove(_ cookie: UInt64) -> Entry? {
         guard cookie != 0 else { return nil }
         recent[Int(truncatingIfNeeded: cookie) & (recent.count - 1)] = cookie
         guard var i = find(cookie) else { return nil }
-        let removed = (values + i).move()
+        let position = Int(slots[i].position)
+        let removed = (entries + position).move()
+        let last = count - 1
+        if position != last {
+            let moved = entries[last].flow.id.cookie
+            (entries + position).moveInitialize(from: entries + last, count: 1)
+            slots[find(moved)!].position = Int32(position)
+        }
+        count -= 1
         var j = i
         while true {
             j = (j &+ 1) & mask
-            let kj = keys[j]
+            let kj = slots[j].cookie
             if kj == 0 { break }
             let h = home(kj)
-            // keys[j] stays if its home lies cyclically in (i, j]
+            // slots[j] stays if its home lies cyclically in (i, j]
             let stays = i <= j ? (i < h && h <= j) : (i < h || h <= j)
             if stays { continue }
-            keys[i] = kj
-            (values + i).moveInitialize(from: values + j, count: 1)
+            slots[i] = slots[j]
             i = j
         }
-        keys[i] = 0
-        count -= 1
+        slots[i] = Slot(cookie: 0, position: 0)
         return removed
     }
 
@@ -142,32 +174,13 @@ public final class FlowTable {
     }
 
     /// Every tracked cookie.
-    public var cookies: [UInt64] {
-        (0...mask).compactMap { keys[$0] != 0 ? keys[$0] : nil }
-    }
+    public var cookies: [UInt64] { (0..<count).map { entries[$0].flow.id.cookie } }
 
     /// (cookie, netns, since, owner pid) of every entry, for reconciliation.
     public var summary: [(cookie: UInt64, netns: UInt32, since: UInt64, pid: Int32?)] {
-        (0...mask).compactMap { i in
-            keys[i] == 0 ? nil : (keys[i], values[i].flow.netns, values[i].since, values[i].owner?.pid)
+        (0..<count).map { i in
+            let e = entries[i]
+            return (e.flow.id.cookie, e.flow.netns, e.since, e.owner?.pid)
         }
-    }
-
-    private func grow() {
-        let oldKeys = keys, oldValues = values, oldCap = capacity
-        let cap = oldCap * 2
-        keys = .allocate(capacity: cap)
-        keys.initialize(repeating: 0, count: cap)
-        values = .allocate(capacity: cap)
-        mask = cap - 1
-        shift = UInt64(64 - cap.trailingZeroBitCount)
-        for o in 0..<oldCap where oldKeys[o] != 0 {
-            var i = home(oldKeys[o])
-            while keys[i] != 0 { i = (i &+ 1) & mask }
-            keys[i] = oldKeys[o]
-            (values + i).moveInitialize(from: oldValues + o, count: 1)
-        }
-        oldKeys.deallocate()
-        oldValues.deallocate()
     }
 }

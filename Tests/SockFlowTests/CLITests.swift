@@ -23,7 +23,7 @@ struct CLITests {
     func defaults() throws {
         let c = try parse([]).configurationValue()
         #expect(c.pids.isEmpty && c.ports.isEmpty && c.cgroupPath == nil)
-        #expect(c.ringBufferBytes == 8 << 20)
+        #expect(c.ringBufferBytes == 4 << 20)
         #expect(c.count == nil && c.duration == nil)
         #expect(c.handleSignals)
     }

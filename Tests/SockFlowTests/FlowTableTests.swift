@@ -14,7 +14,7 @@ struct FlowTableTests {
     @Test("random inserts, updates and removes agree with a Dictionary, through growth and collisions")
     func model() {
         var rng = SystemRandomNumberGenerator()
-        let table = FlowTable(limit: 100_000, initialCapacity: 16)
+        let table = FlowTable(limit: 100_000)
         var model: [UInt64: UInt16] = [:]
         for step in 0..<200_000 {
             // small key space: many collisions and re-inserts
