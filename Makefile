@@ -5,7 +5,7 @@
 # the skeleton that embeds it, then build the Swift package.
 
 .DELETE_ON_ERROR:
-.PHONY: all deps bpf swift release run test unit integration clean help bench-consumer
+.PHONY: all deps bpf swift release run test unit integration clean help bench bench-deps bench-consumer
 
 ARCH := $(shell uname -m | sed -e 's/x86_64/x86/' -e 's/aarch64/arm64/')
 MULTIARCH := $(shell gcc -print-multiarch 2>/dev/null)
@@ -26,6 +26,7 @@ help:
 	@echo "make run     build and start 'sockflow monitor' (root)"
 	@echo "make test    build and run every test (integration tests need root)"
 	@echo "make release build .build/release/sockflow"
+	@echo "make bench   the storm alone vs with sockflow and its peers, side by side (root)"
 
 # Packages a fresh Debian 12 lacks. clang: any clang that targets BPF will do
 # (the Swift toolchain's does); Debian's is installed only when none does.
@@ -74,6 +75,24 @@ test: release $(OUT)/sfhelper
 
 unit: bpf
 	$(SWIFT) test --filter SockFlowTests
+
+$(OUT)/storm: bench/storm.c | deps
+	@mkdir -p $(OUT)
+	cc -O2 -Wall -Werror -pthread -o $@ $<
+
+# The peers the benchmark compares with: Debian's libbpf-tools and auditd.
+bench-deps: deps
+	@missing=""; for p in libbpf-tools auditd; do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then echo "installing:$$missing"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; fi
+
+# Interleaved rounds: the storm alone and with each monitor; memory; the consumer
+# alone. Under 10 minutes. BENCH_ARGS="--rounds 7 --no-auditd" etc.
+BENCH_ARGS ?=
+bench: release bench-deps $(OUT)/storm
+	$(SWIFT) build -c release --product sockflow-bench
+	python3 bench/run.py $(BENCH_ARGS)
 
 # The consumer alone (no kernel): decode + flow table + owner + JSON + write(2).
 bench-consumer: bpf

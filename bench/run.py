@@ -1,0 +1,448 @@
+#!/usr/bin/env python3
+"""sockflow's benchmarks: a loopback storm alone, and with each monitor, side by side.
+
+    bench/run.py [--rounds 5] [--seconds 2.5] [--no-auditd] [--only SCENARIO,...] [--json FILE]
+
+Every round runs the storm alone (the baseline) and then with each monitor, in the
+same order, so slow drifts of the machine hit every column alike; each ratio is a
+monitor's rate over its own round's baseline, and the table shows the median with
+min and max over the rounds. Monitors: sockflow (JSON to /dev/null, and to a file),
+Debian's libbpf-tools tcpstates and tcplife, and auditd with syscall rules on
+connect/accept/bind/listen. auditd runs last, in a block with its own baselines: once
+audit has been enabled, every new task takes the audited syscall path until reboot.
+
+Columns:
+  rate        storm cycles/s, median [min-max]
+  ratio       rate with the monitor / rate of the same round's baseline
+  records     sockflow: records written + records the kernel reported lost, against
+              what the storm must produce (6 per connection cycle, 2 per listener);
+              other monitors: lost as they report it
+  cpu         monitor process CPU over the storm, % of one core (auditd: + kauditd)
+  rss         monitor peak RSS (VmHWM)
+  us/cycle    fixed-rate rows: storm CPU per cycle added by the monitor
+"""
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STORM = os.path.join(REPO, "build", "storm")
+SOCKFLOW = os.path.join(REPO, ".build", "release", "sockflow")
+OUT = os.path.join(REPO, "build", "bench")
+
+
+def storm_args(scenario, seconds):
+    return {
+        "conn1": ["-m", "conn", "-t", "1", "-n", "100000000", "-T", str(seconds)],
+        "conn2": ["-m", "conn", "-t", "2", "-n", "100000000", "-T", str(seconds)],
+        "listen1": ["-m", "listen", "-t", "1", "-n", "100000000", "-T", str(seconds)],
+        "conn1_20k": ["-m", "conn", "-t", "1", "-r", "20000", "-n", "100000000", "-T", str(seconds)],
+    }[scenario]
+
+
+def expected_records(scenario, storm):
+    if scenario.startswith("listen"):
+        return 2 * storm["cycles"]
+    return 6 * storm["cycles"] + 2 * storm["listeners"]
+
+
+def run_storm(scenario, seconds):
+    out = subprocess.run([STORM] + storm_args(scenario, seconds), capture_output=True, text=True, check=True).stdout
+    fields = dict(kv.split("=", 1) for kv in out.split())
+    return {k: (float(v) if k in ("seconds", "rate", "utime", "stime") else int(v) if v.isdigit() else v)
+            for k, v in fields.items()}
+
+
+def cpu_seconds(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+        fields = stat[stat.rindex(")") + 2:].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+
+
+def peak_rss_kb(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except FileNotFoundError:
+        pass
+    return 0
+
+
+def attached(pid):
+    """Whether the process holds a BPF link or a perf event (an attached tracepoint)."""
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if "bpf_link" in target or "bpf-link" in target or "perf_event" in target:
+                return True
+    except FileNotFoundError:
+        pass
+    return False
+
+
+def pids_named(name):
+    out = subprocess.run(["pgrep", "-x", name], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+class Monitor:
+    """A monitor process started before the storm and stopped after it."""
+
+    name = "?"
+
+    def start(self, workdir):
+        raise NotImplementedError
+
+    def stop(self):
+        """Returns a dict with lost, seen (or None) and anything else known."""
+        raise NotImplementedError
+
+    def extra_cpu(self):
+        return 0.0
+
+    def kill(self):
+        """Stops the monitor, whatever state it is in (a failed step)."""
+        p = getattr(self, "p", None)
+        if p is not None and p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+class Sockflow(Monitor):
+    def __init__(self, to_file):
+        self.to_file = to_file
+        self.name = "sockflow → file" if to_file else "sockflow → /dev/null"
+
+    def start(self, workdir):
+        self.out_path = os.path.join(workdir, "sockflow.jsonl") if self.to_file else os.devnull
+        self.out = open(self.out_path, "w")
+        self.err_path = os.path.join(workdir, "sockflow.err")
+        self.err = open(self.err_path, "w")
+        self.p = subprocess.Popen([SOCKFLOW, "monitor", "--summary"], stdout=self.out, stderr=self.err)
+        deadline = time.time() + 20
+        while time.time() < deadline:  # ready: the start record is on stderr
+            with open(self.err_path) as f:
+                if '"event":"start"' in f.read():
+                    return self.p.pid
+            if self.p.poll() is not None:
+                raise RuntimeError("sockflow exited: " + open(self.err_path).read())
+            time.sleep(0.02)
+        raise RuntimeError("sockflow did not start")
+
+    def stop(self):
+        self.p.send_signal(signal.SIGINT)
+        self.p.wait(timeout=60)
+        self.out.close()
+        self.err.close()
+        stop = None
+        with open(self.err_path) as f:
+            for line in f:
+                if '"event":"stop"' in line:
+                    stop = json.loads(line)["counters"]
+        if stop is None:
+            raise RuntimeError("no stop record: " + open(self.err_path).read())
+        size = os.path.getsize(self.out_path) if self.to_file else 0
+        if self.to_file:
+            os.unlink(self.out_path)
+        return {"lost": stop["lost"], "seen": stop["flow_records"], "bytes": size, "counters": stop}
+
+
+class LibbpfTool(Monitor):
+    def __init__(self, tool):
+        self.tool = tool
+        self.name = tool
+
+    def start(self, workdir):
+        self.err_path = os.path.join(workdir, self.tool + ".err")
+        self.err = open(self.err_path, "w")
+        self.p = subprocess.Popen(["/usr/sbin/" + self.tool], stdout=subprocess.DEVNULL, stderr=self.err)
+        # Ready once its programs are attached: libbpf-tools say nothing, but the
+        # attachment shows as a bpf_link or perf_event fd.
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            if attached(self.p.pid):
+                time.sleep(0.3)  # it prints its header after attaching
+                return self.p.pid
+            if self.p.poll() is not None:
+                raise RuntimeError(self.tool + " exited: " + open(self.err_path).read())
+            time.sleep(0.05)
+        self.p.kill()
+        raise RuntimeError(self.tool + " did not attach")
+
+    def kill(self):
+        if self.p.poll() is None:
+            self.p.kill()
+            self.p.wait()
+
+    def stop(self):
+        self.p.send_signal(signal.SIGINT)
+        self.p.wait(timeout=30)
+        self.err.close()
+        lost = 0
+        with open(self.err_path) as f:
+            for m in re.finditer(r"lost (\d+) events", f.read()):
+                lost += int(m.group(1))
+        return {"lost": lost, "seen": None}
+
+
+class Auditd(Monitor):
+    name = "auditd"
+    RULES = "-a always,exit -F arch=b64 -S connect,accept,accept4,bind,listen -k sockflow-bench\n"
+
+    def start(self, workdir):
+        self.dir = os.path.join(workdir, "audit")
+        os.makedirs(self.dir, exist_ok=True)
+        conf = os.path.join(self.dir, "auditd.conf")
+        with open(conf, "w") as f:
+            f.write(f"log_file = {self.dir}/audit.log\nlog_format = ENRICHED\nflush = INCREMENTAL_ASYNC\nfreq = 50\n"
+                    "max_log_file = 4000\nmax_log_file_action = ROTATE\nnum_logs = 2\nspace_left = 100\n"
+                    "space_left_action = IGNORE\nadmin_space_left = 50\nadmin_space_left_action = IGNORE\n"
+                    "disk_full_action = IGNORE\ndisk_error_action = IGNORE\n")
+        rules = os.path.join(self.dir, "bench.rules")
+        with open(rules, "w") as f:
+            f.write("-D\n-b 8192\n--backlog_wait_time 60000\n" + self.RULES)
+        self.p = subprocess.Popen(["auditd", "-n", "-c", self.dir], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            s = subprocess.run(["auditctl", "-s"], capture_output=True, text=True).stdout
+            if f"pid {self.p.pid}" in s:
+                break
+            time.sleep(0.1)
+        else:
+            raise RuntimeError("auditd did not start")
+        subprocess.run(["auditctl", "-R", rules], check=True, capture_output=True)
+        self.lost0 = self.audit_lost()
+        self.kauditd = pids_named("kauditd")
+        self.k0 = sum(cpu_seconds(p) for p in self.kauditd)
+        return self.p.pid
+
+    def audit_lost(self):
+        s = subprocess.run(["auditctl", "-s"], capture_output=True, text=True).stdout
+        m = re.search(r"^lost (\d+)", s, re.M)
+        return int(m.group(1)) if m else 0
+
+    def extra_cpu(self):
+        return sum(cpu_seconds(p) for p in self.kauditd) - self.k0
+
+    def stop(self):
+        lost = self.audit_lost() - self.lost0
+        subprocess.run(["auditctl", "-D"], capture_output=True)
+        self.p.send_signal(signal.SIGTERM)
+        self.p.wait(timeout=30)
+        subprocess.run(["auditctl", "-e", "0"], capture_output=True)
+        shutil.rmtree(self.dir, ignore_errors=True)
+        return {"lost": lost, "seen": None}
+
+
+def measure(scenario, monitor, seconds, workdir):
+    row = {"scenario": scenario, "monitor": monitor.name if monitor else "storm alone"}
+    if monitor is None:
+        row["storm"] = run_storm(scenario, seconds)
+        return row
+    try:
+        pid = monitor.start(workdir)
+        cpu0, extra0 = cpu_seconds(pid), monitor.extra_cpu()
+        row["storm"] = run_storm(scenario, seconds)
+        row["cpu_s"] = cpu_seconds(pid) - cpu0 + monitor.extra_cpu() - extra0
+        row["rss_kb"] = peak_rss_kb(pid)
+        row.update(monitor.stop())
+    except BaseException:
+        monitor.kill()
+        raise
+    row["expected"] = expected_records(scenario, row["storm"])
+    return row
+
+
+def rss_kb(pid, field="VmRSS"):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def memory(soak_seconds, workdir):
+    """sockflow's RSS at rest, with 100,000 live flows, after they close, and while
+    a 20k conn/s storm churns for `soak_seconds`."""
+    mon = Sockflow(False)
+    pid = mon.start(workdir)
+    try:
+        time.sleep(1)
+        res = {"rest_kb": rss_kb(pid)}
+        hold = subprocess.Popen([STORM, "-m", "hold", "-n", "50000"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                text=True)
+        line = hold.stdout.readline()
+        if not line.startswith("holding"):
+            raise RuntimeError("storm hold: " + line)
+        time.sleep(2)
+        res["flows_100k_kb"] = rss_kb(pid)
+        hold.stdin.close()
+        hold.wait(timeout=120)
+        time.sleep(2)
+        res["after_close_kb"] = rss_kb(pid)
+        churn = subprocess.Popen([STORM] + storm_args("conn1_20k", soak_seconds), stdout=subprocess.PIPE, text=True)
+        samples = []
+        while churn.poll() is None:
+            samples.append(rss_kb(pid))
+            time.sleep(1)
+        res["churn_min_kb"], res["churn_max_kb"] = min(samples), max(samples)
+        res["churn_samples"] = samples
+        res["churn_cycles"] = int(dict(kv.split("=", 1) for kv in churn.stdout.read().split())["cycles"])
+        res["peak_kb"] = rss_kb(pid, "VmHWM")
+    except BaseException:
+        mon.kill()
+        raise
+    res.update(mon.stop())
+    return res
+
+
+def consumer_bench():
+    bench = os.path.join(REPO, ".build", "release", "sockflow-bench")
+    out = subprocess.run([bench, "consumer", "500000", "5"], capture_output=True, text=True, check=True).stdout
+    return out.strip().splitlines()[-1]
+
+
+def med(xs):
+    return statistics.median(xs) if xs else float("nan")
+
+
+def summarize(rows, fixed_rate):
+    """Markdown table, one line per (scenario, monitor)."""
+    out = []
+    if fixed_rate:
+        out.append("| scenario | monitor | storm CPU µs/cycle, median | added µs/cycle, median [min–max] | monitor CPU % of a core | records seen+lost / expected | peak RSS |")
+        out.append("|---|---|---|---|---|---|---|")
+    else:
+        out.append("| scenario | monitor | storm rate/s, median [min–max] | ratio to storm alone, median [min–max] | records | monitor CPU % | peak RSS |")
+        out.append("|---|---|---|---|---|---|---|")
+    by = {}
+    for r in rows:
+        by.setdefault((r["scenario"], r["block"]), {}).setdefault(r["round"], {})[r["monitor"]] = r
+    for (scenario, block), rounds in by.items():
+        names = []
+        for rr in rounds.values():
+            for n in rr:
+                if n not in names:
+                    names.append(n)
+        for name in names:
+            samples = [rr[name] for rr in rounds.values() if name in rr]
+            rates = [s["storm"]["rate"] for s in samples]
+            per_cycle = [(s["storm"]["utime"] + s["storm"]["stime"]) / s["storm"]["cycles"] * 1e6 for s in samples]
+            ratios, added = [], []
+            for rr in rounds.values():
+                if name in rr and "storm alone" in rr:
+                    base = rr["storm alone"]["storm"]
+                    me = rr[name]["storm"]
+                    ratios.append(me["rate"] / base["rate"])
+                    added.append((me["utime"] + me["stime"]) / me["cycles"] * 1e6
+                                 - (base["utime"] + base["stime"]) / base["cycles"] * 1e6)
+            label = scenario + (" (after audit)" if block == "audit" else "")
+            if name == "storm alone":
+                cpu = rec = rss = "–"
+            else:
+                cpu = "%.0f" % med([100 * s["cpu_s"] / s["storm"]["seconds"] for s in samples])
+                rss = "%.1f MB" % (max(s["rss_kb"] for s in samples) / 1024)
+                lost = sum(s["lost"] for s in samples)
+                expected = sum(s["expected"] for s in samples)
+                if samples[0].get("seen") is not None:
+                    seen = sum(s["seen"] for s in samples)
+                    rec = "%d + %d lost / %d" % (seen, lost, expected)
+                else:
+                    rec = "%d lost" % lost
+            if fixed_rate:
+                add = "–" if name == "storm alone" else "%+.2f [%+.2f – %+.2f]" % (med(added), min(added), max(added))
+                out.append(f"| {label} | {name} | {med(per_cycle):.2f} | {add} | {cpu} | {rec} | {rss} |")
+            else:
+                rate = "%.0f [%.0f–%.0f]" % (med(rates), min(rates), max(rates))
+                ratio = "1" if name == "storm alone" else "%.2f [%.2f–%.2f]" % (med(ratios), min(ratios), max(ratios))
+                out.append(f"| {label} | {name} | {rate} | {ratio} | {rec} | {cpu} | {rss} |")
+    return "\n".join(out)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--seconds", type=float, default=2.5)
+    ap.add_argument("--only", default="conn1,conn2,listen1,conn1_20k")
+    ap.add_argument("--monitors", default="sockflow-null,sockflow-file,tcpstates,tcplife")
+    ap.add_argument("--no-auditd", action="store_true")
+    ap.add_argument("--soak", type=float, default=30, help="seconds of 20k conn/s churn in the memory step (0: skip it)")
+    ap.add_argument("--json", default=os.path.join(OUT, "results.json"))
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("bench: needs root (it loads BPF programs)")
+    for path in (STORM, SOCKFLOW):
+        if not os.access(path, os.X_OK):
+            sys.exit(f"bench: {path} is missing: run `make bench`")
+    os.makedirs(OUT, exist_ok=True)
+    workdir = tempfile.mkdtemp(prefix="sockflow-bench-", dir=OUT)
+    make = {
+        "sockflow-null": lambda: Sockflow(False), "sockflow-file": lambda: Sockflow(True),
+        "tcpstates": lambda: LibbpfTool("tcpstates"), "tcplife": lambda: LibbpfTool("tcplife"),
+    }
+    chosen = [m for m in args.monitors.split(",") if m]
+    rows = []
+    started = time.time()
+    scenarios = [s for s in args.only.split(",") if s]
+    for scenario in scenarios:
+        monitors = chosen if scenario != "conn1_20k" else [m for m in chosen if m in ("sockflow-null", "tcplife")]
+        for rnd in range(args.rounds):
+            for name in [None] + monitors:
+                row = measure(scenario, make[name]() if name else None, args.seconds, workdir)
+                row.update(round=rnd, block="main")
+                rows.append(row)
+                print(f"  {scenario} round {rnd + 1} {row['monitor']}: {row['storm']['rate']:.0f}/s", file=sys.stderr)
+    if not args.no_auditd and shutil.which("auditd"):
+        for scenario in [s for s in scenarios if s in ("conn1", "conn2")]:
+            for rnd in range(args.rounds):
+                for m in (None, Auditd()):
+                    row = measure(scenario, m, args.seconds, workdir)
+                    row.update(round=rnd, block="audit")
+                    rows.append(row)
+                    print(f"  {scenario} audit round {rnd + 1} {row['monitor']}: {row['storm']['rate']:.0f}/s", file=sys.stderr)
+    mem = memory(args.soak, workdir) if args.soak > 0 else None
+    consumer = consumer_bench() if os.access(os.path.join(REPO, ".build", "release", "sockflow-bench"), os.X_OK) else None
+    shutil.rmtree(workdir, ignore_errors=True)
+    with open(args.json, "w") as f:
+        json.dump({"rows": rows, "memory": mem, "consumer": consumer}, f, indent=1)
+    uname = os.uname()
+    print(f"\nsockflow benchmark, {time.strftime('%Y-%m-%d')}, {uname.release}, {os.cpu_count()} CPUs, "
+          f"{args.rounds} interleaved rounds of {args.seconds} s, {time.time() - started:.0f} s in all\n")
+    print(summarize([r for r in rows if r["scenario"] != "conn1_20k"], fixed_rate=False))
+    fixed = [r for r in rows if r["scenario"] == "conn1_20k"]
+    if fixed:
+        print("\nAt a fixed 20,000 connections/s:\n")
+        print(summarize(fixed, fixed_rate=True))
+    if mem:
+        mb = lambda kb: "%.1f MB" % (kb / 1024)
+        print(f"\nsockflow memory (RSS; the 4 MiB ring buffer is mapped twice and counts 8 MB of it):\n")
+        print("| at rest | 100,000 live flows | after they closed | "
+              f"{args.soak:.0f} s of 20k conn/s churn, min–max | peak (VmHWM) | lost |")
+        print("|---|---|---|---|---|---|")
+        print(f"| {mb(mem['rest_kb'])} | {mb(mem['flows_100k_kb'])} | {mb(mem['after_close_kb'])} | "
+              f"{mb(mem['churn_min_kb'])} – {mb(mem['churn_max_kb'])} | {mb(mem['peak_kb'])} | {mem['lost']} |")
+    if consumer:
+        print(f"\nConsumer without the kernel (decode + flow table + owner + JSON + write to /dev/null), "
+              f"one core: {consumer.split(': ', 1)[1]}")
+    print(f"\nraw rows: {args.json}")
+
+
+if __name__ == "__main__":
+    main()
