@@ -15,6 +15,7 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
     ],
     targets: [
         // C: libbpf through pkg-config, nothing else.
@@ -30,7 +31,7 @@ let package = Package(
 
         // Pure Swift: records, decoding from bytes, flow table, process metadata, JSON.
         .target(
-            name: "SockFlowCore", dependencies: ["CSockFlowABI", "CSockFlowShims"],
+            name: "SockFlowCore", dependencies: ["CSockFlowABI", "CSockFlowShims", .product(name: "Yams", package: "Yams")],
             swiftSettings: swiftSettings),
         // The only Swift code that touches libbpf: load, attach, maps, ring buffer.
         .target(
@@ -45,7 +46,7 @@ let package = Package(
         .target(
             name: "SockFlowCLI",
             dependencies: [
-                "SockFlow", "SockFlowCore",
+                "SockFlow", "SockFlowCore", "SockFlowBPF", "CSockFlowABI",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: swiftSettings),

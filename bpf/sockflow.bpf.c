@@ -576,3 +576,567 @@ int handle_accept_exit(struct sf_sys_exit_ctx *ctx)
 /* Not loaded: keeps struct sf_event in the object's BTF, where the ABI layout test
  * compares it with the layout Swift imports from sockflow_abi.h. */
 struct sf_event sf_abi_event SEC(".abi") __attribute__((used));
+
+/* ---- Enforcement: the policy, compiled by user space, decided at cgroup hooks ----
+ *
+ * Two generations of rules: a reload writes the idle one, then flips
+ * policy_generation with one store, so every decision sees one whole policy.
+ * Programs read the generation once per decision. */
+
+__u32 policy_generation = 0;
+__u32 policy_default[SF_GENERATIONS] = {};    /* enum sf_action */
+__u32 policy_needs[SF_GENERATIONS] = {};      /* SF_PROC_* fields some rule asks about */
+__u32 policy_cgroup_depth[SF_GENERATIONS] = {}; /* deepest cgroup level a rule names */
+
+#define SF_MAX_CGROUP_DEPTH 16
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, SF_MAX_RULES * SF_GENERATIONS);
+	__type(key, __u32);
+	__type(value, struct sf_rule);
+} rules SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, SF_HOOK_COUNT * SF_GENERATIONS);
+	__type(key, __u32);
+	__type(value, struct sf_hook_rules);
+} hook_rules SEC(".maps");
+
+/* What a decision is about: the call or packet, normalized, and the process. */
+struct sf_decision {
+	__u8 local[16];
+	__u8 remote[16];
+	__u64 exe_ino;
+	__u64 cgroup[SF_MAX_CGROUP_DEPTH]; /* ancestor ids by level */
+	char comm[SF_COMM_LEN];
+	__u32 exe_dev;
+	__u32 uid;
+	__u32 gid;
+	__u32 gen;
+	__u32 hook_key;
+	__u32 rule;     /* out: the matching rule's index */
+	__u16 lport;
+	__u16 rport;
+	__u16 family;   /* AF_INET (IPv4 and IPv4-mapped) or AF_INET6 */
+	__u8 protocol;
+	__u8 has_local_addr;
+	__u8 has_remote;
+	__u8 action;    /* out */
+	__u8 have_process;
+	__u8 pad;
+};
+
+/* The decision's memory lives in a per-CPU map, not on the stack (512 bytes). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct sf_decision);
+} decisions SEC(".maps");
+
+static __always_inline bool ports_match(const struct sf_endpoint_match *m, __u16 port)
+{
+	for (int j = 0; j < SF_RULE_PORTS; j++) {
+		if (j >= m->nports)
+			break;
+		if (port >= m->ports[j].lo && port <= m->ports[j].hi)
+			return true;
+	}
+	return false;
+}
+
+static __always_inline bool cidrs_match(const struct sf_endpoint_match *m, const __u8 *addr, __u16 family)
+{
+	const __u32 *a = (const __u32 *)addr;
+
+	for (int j = 0; j < SF_RULE_CIDRS; j++) {
+		const __u32 *net, *mask;
+
+		if (j >= m->ncidrs)
+			break;
+		if (m->cidrs[j].family != family)
+			continue;
+		net = (const __u32 *)m->cidrs[j].net;
+		mask = (const __u32 *)m->cidrs[j].mask;
+		if ((a[0] & mask[0]) != net[0])
+			continue;
+		if (family == AF_INET)
+			return true;
+		if ((a[1] & mask[1]) == net[1] && (a[2] & mask[2]) == net[2] && (a[3] & mask[3]) == net[3])
+			return true;
+	}
+	return false;
+}
+
+static __always_inline bool process_match(const struct sf_process_match *m, const struct sf_decision *d)
+{
+	if (m->fields & SF_PROC_EXE) {
+		bool hit = false;
+
+		for (int j = 0; j < SF_RULE_EXES; j++) {
+			if (j >= m->nexe)
+				break;
+			if (m->exe[j].ino == d->exe_ino && m->exe[j].dev == d->exe_dev) {
+				hit = true;
+				break;
+			}
+		}
+		if (!hit)
+			return false;
+	}
+	if (m->fields & SF_PROC_COMM) {
+		bool hit = false;
+		__u64 c0 = *(const __u64 *)&d->comm[0], c1 = *(const __u64 *)&d->comm[8];
+
+		for (int j = 0; j < SF_RULE_COMMS; j++) {
+			if (j >= m->ncomm)
+				break;
+			if (*(const __u64 *)&m->comm[j][0] == c0 && *(const __u64 *)&m->comm[j][8] == c1) {
+				hit = true;
+				break;
+			}
+		}
+		if (!hit)
+			return false;
+	}
+	if (m->fields & SF_PROC_UID) {
+		bool hit = false;
+
+		for (int j = 0; j < SF_RULE_IDS; j++) {
+			if (j >= m->nuid)
+				break;
+			if (m->uid[j] == d->uid) {
+				hit = true;
+				break;
+			}
+		}
+		if (!hit)
+			return false;
+	}
+	if (m->fields & SF_PROC_GID) {
+		bool hit = false;
+
+		for (int j = 0; j < SF_RULE_IDS; j++) {
+			if (j >= m->ngid)
+				break;
+			if (m->gid[j] == d->gid) {
+				hit = true;
+				break;
+			}
+		}
+		if (!hit)
+			return false;
+	}
+	if (m->fields & SF_PROC_CGROUP) {
+		bool hit = false;
+
+		for (int j = 0; j < SF_RULE_CGROUPS; j++) {
+			__u32 level;
+
+			if (j >= m->ncgroup)
+				break;
+			level = m->cgroup[j].level;
+			if (level < SF_MAX_CGROUP_DEPTH && d->cgroup[level] == m->cgroup[j].id) {
+				hit = true;
+				break;
+			}
+		}
+		if (!hit)
+			return false;
+	}
+	return true;
+}
+
+/* One rule of the hook's list, in order; returning 1 stops the loop. The decision
+ * is the per-CPU one the program began (bpf_loop's context must be on the stack,
+ * and the program cannot migrate while it runs). */
+static long check_rule(__u32 i, void *unused)
+{
+	__u32 zero = 0;
+	struct sf_decision *d = bpf_map_lookup_elem(&decisions, &zero);
+	struct sf_hook_rules *list;
+	struct sf_rule *r;
+	__u32 key;
+
+	if (!d)
+		return 1;
+	list = bpf_map_lookup_elem(&hook_rules, &d->hook_key);
+	if (!list || i >= list->count)
+		return 1;
+	key = (d->gen & (SF_GENERATIONS - 1)) * SF_MAX_RULES + list->index[i & (SF_MAX_RULES - 1)];
+	r = bpf_map_lookup_elem(&rules, &key);
+	if (!r)
+		return 0;
+	if (r->protocol && r->protocol != d->protocol)
+		return 0;
+	if (r->family && r->family != d->family)
+		return 0;
+	if ((r->match & SF_MATCH_LOCAL_PORTS) && !ports_match(&r->local, d->lport))
+		return 0;
+	if ((r->match & SF_MATCH_LOCAL_CIDRS) && (!d->has_local_addr || !cidrs_match(&r->local, d->local, d->family)))
+		return 0;
+	if ((r->match & SF_MATCH_REMOTE_PORTS) && (!d->has_remote || !ports_match(&r->remote, d->rport)))
+		return 0;
+	if ((r->match & SF_MATCH_REMOTE_CIDRS) && (!d->has_remote || !cidrs_match(&r->remote, d->remote, d->family)))
+		return 0;
+	if ((r->match & SF_MATCH_PROCESS) && !process_match(&r->process, d))
+		return 0;
+	if ((r->match & SF_MATCH_NOT_PROCESS) && process_match(&r->not_process, d))
+		return 0;
+	d->action = r->action;
+	d->rule = list->index[i & (SF_MAX_RULES - 1)];
+	return 1;
+}
+
+/* A fresh decision for `hook`, or NULL when the active policy has no rule for it
+ * (then the default applies and nothing else needs computing). */
+static __always_inline struct sf_decision *begin(__u32 hook_index, __u8 *default_action)
+{
+	__u32 zero = 0, gen = policy_generation & (SF_GENERATIONS - 1);
+	struct sf_decision *d = bpf_map_lookup_elem(&decisions, &zero);
+	struct sf_hook_rules *list;
+	__u32 key = gen * SF_HOOK_COUNT + hook_index;
+
+	*default_action = policy_default[gen];
+	list = bpf_map_lookup_elem(&hook_rules, &key);
+	if (!d || !list || !list->count)
+		return NULL;
+	__builtin_memset(d, 0, sizeof(*d));
+	d->gen = gen;
+	d->hook_key = key;
+	d->action = *default_action;
+	d->rule = ~0U;
+	return d;
+}
+
+/* The current task's facts, when the active policy asks about them. */
+static __always_inline void current_process(struct sf_decision *d)
+{
+	__u32 needs = policy_needs[d->gen & (SF_GENERATIONS - 1)];
+	struct task_struct *task;
+	__u64 ugid;
+
+	d->have_process = 1;
+	if (needs & SF_PROC_EXE) {
+		struct mm_struct *mm;
+
+		task = bpf_get_current_task_btf();
+		mm = task->mm;
+		if (mm && mm->exe_file) {
+			d->exe_ino = mm->exe_file->f_inode->i_ino;
+			d->exe_dev = mm->exe_file->f_inode->i_sb->s_dev;
+		}
+	}
+	if (needs & SF_PROC_COMM)
+		bpf_get_current_comm(d->comm, sizeof(d->comm));
+	if (needs & (SF_PROC_UID | SF_PROC_GID)) {
+		ugid = bpf_get_current_uid_gid();
+		d->uid = (__u32)ugid;
+		d->gid = ugid >> 32;
+	}
+	if (needs & SF_PROC_CGROUP) {
+		__u32 depth = policy_cgroup_depth[d->gen & (SF_GENERATIONS - 1)];
+
+		for (int l = 0; l < SF_MAX_CGROUP_DEPTH; l++) {
+			if (l > depth)
+				break;
+			d->cgroup[l] = bpf_get_current_ancestor_cgroup_id(l);
+		}
+	}
+}
+
+static __always_inline void decide(struct sf_decision *d)
+{
+	int unused = 0;
+
+	bpf_loop(SF_MAX_RULES, check_rule, &unused, 0);
+}
+
+/* IPv4-mapped IPv6 addresses are IPv4 to the policy. */
+static __always_inline __u16 normalize(__u8 *addr, __u16 family)
+{
+	__u32 *w = (__u32 *)addr;
+
+	if (family == AF_INET6 && w[0] == 0 && w[1] == 0 && w[2] == bpf_htonl(0xffff)) {
+		w[0] = w[3];
+		w[1] = w[2] = w[3] = 0;
+		return AF_INET;
+	}
+	return family;
+}
+
+/* A deny or log record. In process context with the current task. */
+static __always_inline void report(const struct sf_decision *d, __u32 hook, __u16 sock_family, __u64 cookie,
+				   bool task)
+{
+	struct sf_event *e = reserve(SF_KIND_VERDICT);
+
+	if (!e)
+		return;
+	e->sock.cookie = cookie;
+	e->sock.family = sock_family;
+	e->sock.protocol = d->protocol;
+	if (d->family == AF_INET && sock_family == AF_INET6) {
+		/* back to the mapped form the socket uses; user space reports IPv4, mapped */
+		__u32 *l = (__u32 *)e->sock.laddr, *r = (__u32 *)e->sock.raddr;
+
+		l[2] = r[2] = bpf_htonl(0xffff);
+		l[3] = *(const __u32 *)d->local;
+		r[3] = *(const __u32 *)d->remote;
+	} else {
+		__builtin_memcpy(e->sock.laddr, d->local, 16);
+		__builtin_memcpy(e->sock.raddr, d->remote, 16);
+	}
+	e->sock.lport = d->lport;
+	e->sock.rport = d->has_remote ? d->rport : 0;
+	e->hook = hook;
+	e->action = d->action;
+	e->rule = d->rule;
+	e->generation = d->gen;
+	if (task) {
+		struct task_struct *t = bpf_get_current_task_btf();
+
+		e->sock.netns = t->nsproxy->net_ns->ns.inum;
+		fill_task(&e->task);
+		submit_with_task(e);
+	} else {
+		submit(e);
+	}
+}
+
+/* Decides a call in process context: returns 1 to allow it, 0 to deny it. */
+static __always_inline int verdict_for_call(struct sf_decision *d, __u32 hook, __u16 sock_family, __u64 cookie)
+{
+	current_process(d);
+	decide(d);
+	if (d->action == SF_ACTION_ALLOW)
+		return 1;
+	report(d, hook, sock_family, cookie, true);
+	return d->action == SF_ACTION_DENY ? 0 : 1;
+}
+
+/* `family` is a constant per program: a connect4 program may not even name
+ * user_ip6 (the verifier checks context fields per attach type). */
+static __always_inline int enforce_sock_addr(struct bpf_sock_addr *ctx, __u32 hook, const __u16 family)
+{
+	struct bpf_sock *sk = ctx->sk;
+	struct sf_decision *d;
+	__u8 dflt;
+
+	d = begin(__builtin_ctz(hook), &dflt);
+	if (!d)
+		return dflt != SF_ACTION_DENY;
+	d->protocol = ctx->protocol;
+	d->rport = bpf_ntohs(ctx->user_port);
+	d->has_remote = 1;
+	if (family == AF_INET) {
+		*(__u32 *)d->remote = ctx->user_ip4;
+		if (sk)
+			*(__u32 *)d->local = sk->src_ip4;
+	} else {
+		__u32 *r = (__u32 *)d->remote;
+
+		r[0] = ctx_u32(&ctx->user_ip6[0]);
+		r[1] = ctx_u32(&ctx->user_ip6[1]);
+		r[2] = ctx_u32(&ctx->user_ip6[2]);
+		r[3] = ctx_u32(&ctx->user_ip6[3]);
+		if (sk) {
+			__u32 *l = (__u32 *)d->local;
+
+			l[0] = ctx_u32(&sk->src_ip6[0]);
+			l[1] = ctx_u32(&sk->src_ip6[1]);
+			l[2] = ctx_u32(&sk->src_ip6[2]);
+			l[3] = ctx_u32(&sk->src_ip6[3]);
+		}
+		normalize(d->local, AF_INET6);
+	}
+	if (sk) {
+		d->lport = sk->src_port;
+		d->has_local_addr = 1;
+	}
+	d->family = normalize(d->remote, family);
+	return verdict_for_call(d, hook, family, bpf_get_socket_cookie(ctx));
+}
+
+SEC("cgroup/connect4")
+int enforce_connect4(struct bpf_sock_addr *ctx)
+{
+	return enforce_sock_addr(ctx, SF_HOOK_CONNECT, AF_INET);
+}
+
+SEC("cgroup/connect6")
+int enforce_connect6(struct bpf_sock_addr *ctx)
+{
+	return enforce_sock_addr(ctx, SF_HOOK_CONNECT, AF_INET6);
+}
+
+SEC("cgroup/sendmsg4")
+int enforce_sendmsg4(struct bpf_sock_addr *ctx)
+{
+	return enforce_sock_addr(ctx, SF_HOOK_UDP_SEND, AF_INET);
+}
+
+SEC("cgroup/sendmsg6")
+int enforce_sendmsg6(struct bpf_sock_addr *ctx)
+{
+	return enforce_sock_addr(ctx, SF_HOOK_UDP_SEND, AF_INET6);
+}
+
+/* listen rules are enforced at bind(): a denied process never holds the port. */
+static __always_inline int enforce_bind(struct bpf_sock *sk, const __u16 family)
+{
+	struct sf_decision *d;
+	__u8 dflt;
+
+	if (sk->protocol != IPPROTO_TCP)
+		return 1;
+	d = begin(__builtin_ctz(SF_HOOK_LISTEN), &dflt);
+	if (!d)
+		return dflt != SF_ACTION_DENY;
+	d->protocol = IPPROTO_TCP;
+	d->lport = sk->src_port;
+	d->has_local_addr = 1;
+	if (family == AF_INET) {
+		*(__u32 *)d->local = sk->src_ip4;
+	} else {
+		__u32 *l = (__u32 *)d->local;
+
+		l[0] = ctx_u32(&sk->src_ip6[0]);
+		l[1] = ctx_u32(&sk->src_ip6[1]);
+		l[2] = ctx_u32(&sk->src_ip6[2]);
+		l[3] = ctx_u32(&sk->src_ip6[3]);
+	}
+	d->family = normalize(d->local, family);
+	return verdict_for_call(d, SF_HOOK_LISTEN, family, bpf_get_socket_cookie(sk));
+}
+
+SEC("cgroup/post_bind4")
+int enforce_bind4(struct bpf_sock *sk)
+{
+	return enforce_bind(sk, AF_INET);
+}
+
+SEC("cgroup/post_bind6")
+int enforce_bind6(struct bpf_sock *sk)
+{
+	return enforce_bind(sk, AF_INET6);
+}
+
+SEC("cgroup/sock_create")
+int enforce_socket(struct bpf_sock *sk)
+{
+	struct sf_decision *d;
+	__u8 dflt;
+	__u16 family = sk->family;
+
+	if (family != AF_INET && family != AF_INET6)
+		return 1; /* the policy is about IP sockets */
+	d = begin(__builtin_ctz(SF_HOOK_SOCKET), &dflt);
+	if (!d)
+		return dflt != SF_ACTION_DENY;
+	d->protocol = sk->protocol;
+	d->family = family;
+	return verdict_for_call(d, SF_HOOK_SOCKET, family, bpf_get_socket_cookie(sk));
+}
+
+/* accept and udp-recv: a packet arriving for a socket of the cgroup, in softirq.
+ * Only the socket's cgroup is known about the process. A SYN that is denied is
+ * dropped: the peer sees no answer. */
+SEC("cgroup_skb/ingress")
+int enforce_ingress(struct __sk_buff *skb)
+{
+	struct sf_decision *d;
+	__u8 dflt, proto, l4[14];
+	__u32 l4off, hook;
+	__u16 family;
+	__u64 listener = 0;
+
+	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+		__u8 ip[20];
+
+		if (bpf_skb_load_bytes(skb, 0, ip, sizeof(ip)))
+			return 1;
+		proto = ip[9];
+		l4off = (ip[0] & 0xf) * 4;
+		family = AF_INET;
+		if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
+			return 1;
+		hook = proto == IPPROTO_TCP ? SF_HOOK_ACCEPT : SF_HOOK_UDP_RECV;
+		d = begin(__builtin_ctz(hook), &dflt);
+		if (!d)
+			return dflt != SF_ACTION_DENY;
+		__builtin_memcpy(d->remote, &ip[12], 4);
+		__builtin_memcpy(d->local, &ip[16], 4);
+	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+		__u8 ip[40];
+
+		if (bpf_skb_load_bytes(skb, 0, ip, sizeof(ip)))
+			return 1;
+		proto = ip[6]; /* extension headers are not followed */
+		l4off = 40;
+		family = AF_INET6;
+		if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
+			return 1;
+		hook = proto == IPPROTO_TCP ? SF_HOOK_ACCEPT : SF_HOOK_UDP_RECV;
+		d = begin(__builtin_ctz(hook), &dflt);
+		if (!d)
+			return dflt != SF_ACTION_DENY;
+		__builtin_memcpy(d->remote, &ip[8], 16);
+		__builtin_memcpy(d->local, &ip[24], 16);
+	} else {
+		return 1;
+	}
+	if (bpf_skb_load_bytes(skb, l4off, l4, sizeof(l4)))
+		return 1;
+	/* TCP: only a SYN (no ACK) opens an inbound flow */
+	if (proto == IPPROTO_TCP && (l4[13] & 0x12) != 0x02)
+		return 1;
+	d->protocol = proto;
+	d->rport = (__u16)l4[0] << 8 | l4[1];
+	d->lport = (__u16)l4[2] << 8 | l4[3];
+	d->has_remote = 1;
+	d->has_local_addr = 1;
+	d->family = normalize(d->local, family);
+	normalize(d->remote, family);
+	if (policy_needs[d->gen & (SF_GENERATIONS - 1)] & SF_PROC_CGROUP) {
+		__u32 depth = policy_cgroup_depth[d->gen & (SF_GENERATIONS - 1)];
+
+		for (int l = 0; l < SF_MAX_CGROUP_DEPTH; l++) {
+			if (l > depth)
+				break;
+			d->cgroup[l] = bpf_skb_ancestor_cgroup_id(skb, l);
+		}
+	}
+	decide(d);
+	if (d->action == SF_ACTION_ALLOW)
+		return 1;
+	if (proto == IPPROTO_TCP)
+		listener = bpf_get_socket_cookie(skb);
+	{
+		struct sf_event *e = reserve(SF_KIND_VERDICT);
+
+		if (e) {
+			__builtin_memcpy(e->sock.laddr, d->local, 16);
+			__builtin_memcpy(e->sock.raddr, d->remote, 16);
+			e->sock.family = d->family;
+			e->sock.protocol = proto;
+			e->sock.lport = d->lport;
+			e->sock.rport = d->rport;
+			e->listener_cookie = listener;
+			e->hook = hook;
+			e->action = d->action;
+			e->rule = d->rule;
+			e->generation = d->gen;
+			if (listener) {
+				struct sf_flow_state *st = bpf_map_lookup_elem(&flows, &listener);
+
+				if (st)
+					keep_owner(&e->task, st); /* the listener's owner */
+			}
+			submit(e);
+		}
+	}
+	return d->action == SF_ACTION_DENY ? 0 : 1;
+}

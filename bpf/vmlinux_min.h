@@ -119,6 +119,8 @@ struct kernfs_node { u64 id; };
 struct cgroup { struct kernfs_node *kn; };
 struct css_set { struct cgroup *dfl_cgrp; };
 
+struct nsproxy { struct net *net_ns; };
+
 struct task_struct {
 	unsigned int flags;
 	int pid;
@@ -132,6 +134,7 @@ struct task_struct {
 	struct css_set *cgroups;
 	struct mm_struct *mm;
 	struct files_struct *files;
+	struct nsproxy *nsproxy;
 };
 
 #pragma clang attribute pop
@@ -149,6 +152,8 @@ struct sf_sys_exit_ctx {
 /* Constants from kernel headers that UAPI does not carry. */
 #define AF_INET 2
 #define AF_INET6 10
+#define ETH_P_IP 0x0800
+#define ETH_P_IPV6 0x86DD
 #define PF_KTHREAD 0x00200000
 
 enum {

@@ -26,6 +26,14 @@ public struct MonitorConfiguration: Sendable {
     public var handleSignals = false
     /// Also write the stream records (start, lost, overflow, stop) to stderr.
     public var summary = false
+    /// A policy file to enforce (YAML, docs/policy.md).
+    public var policyPath: String?
+    /// Reload the policy when its file changes (SIGHUP always reloads).
+    public var watchPolicy = false
+    /// After a (re)load, leave existing sockets alone instead of destroying denied ones.
+    public var keepExisting = false
+    /// Leave the enforcement in place when sockflow exits (pinned in bpffs).
+    public var persist = false
     public var verbose = false
 
     public init() {}
@@ -51,6 +59,10 @@ public final class Monitor: @unchecked Sendable {
     private let samples = SampleCounter()
     private let reconciler = Reconciler()
     private var summaryWriter: LineWriter?
+    private var activePolicy: Policy?
+    private var enforcer: PolicyEnforcer!
+    private var inotifyFD: Int32 = -1
+    private var policyName = ""
 
     /// Loads and attaches; records flow once `run()` starts. Throws a `BPFError`
     /// that names what is missing (privilege, BTF, a hook) with nothing left attached.
@@ -63,6 +75,11 @@ public final class Monitor: @unchecked Sendable {
         options.wakeupIntervalNanoseconds = UInt64(configuration.maxDelayMilliseconds) * 1_000_000
         options.ports = configuration.ports
         options.cgroupPath = configuration.cgroupPath
+        var policy: Policy?
+        if let path = configuration.policyPath {
+            policy = try PolicyParser.load(path: path)  // before anything is loaded: a bad policy changes nothing
+            options.policy = PolicyCompiler.compile(policy!)
+        }
         // A little more room in the kernel than in user space: when flows overflow,
         // the user-space table does first (and says so in-band) while the kernel
         // still reports the closes of the flows it could not keep.
@@ -74,6 +91,10 @@ public final class Monitor: @unchecked Sendable {
         self.builder = RecordBuilder(
             sink: output, bootTag: BootID.tag(), filter: filter, flowTableLimit: configuration.flowTableLimit)
         builder.flowRecordLimit = configuration.count
+        let program = self.program
+        builder.ruleName = { generation, index in program.ruleName(generation: generation, index: index) }
+        self.activePolicy = policy
+        self.enforcer = PolicyEnforcer(builder: builder, scope: configuration.cgroupPath)
         if configuration.summary {
             let err = LineWriter(fd: 2, format: .json)
             summaryWriter = err
@@ -96,17 +117,35 @@ public final class Monitor: @unchecked Sendable {
             sigemptyset(&set)
             sigaddset(&set, SIGINT)
             sigaddset(&set, SIGTERM)
+            sigaddset(&set, SIGHUP)
             sigprocmask(SIG_BLOCK, &set, nil)
             signal(SIGPIPE, SIG_IGN)
             signalFD = signalfd(-1, &set, Int32(SFD_CLOEXEC | SFD_NONBLOCK))
             guard signalFD >= 0 else { throw BPFError("create a signalfd", code: errno) }
             try watch(signalFD, tag: 2)
         }
+        if configuration.watchPolicy, let path = configuration.policyPath {
+            // Watch the directory: editors replace files rather than write them in place.
+            let slash = path.lastIndex(of: "/")
+            let dir = slash.map { String(path[..<$0]) } ?? "."
+            policyName = slash.map { String(path[path.index(after: $0)...]) } ?? path
+            inotifyFD = inotify_init1(Int32(IN_CLOEXEC | IN_NONBLOCK))
+            guard inotifyFD >= 0,
+                inotify_add_watch(inotifyFD, dir.isEmpty ? "/" : dir, UInt32(IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE)) >= 0
+            else { throw BPFError("watch \(path) for changes", code: errno) }
+            try watch(inotifyFD, tag: 4)
+        }
+        if configuration.persist, policy != nil {
+            // Pinned now, replacing what an earlier run pinned (ours are attached
+            // already: no window), so even a crash leaves the enforcement in place.
+            try program.persistEnforcement()
+        }
     }
 
     deinit {
         ring = nil
         if signalFD >= 0 { close(signalFD) }
+        if inotifyFD >= 0 { close(inotifyFD) }
         close(stopFD)
         close(epollFD)
     }
@@ -148,6 +187,7 @@ public final class Monitor: @unchecked Sendable {
     @discardableResult
     public func run() throws -> StopReason {
         builder.emitStart(startDetails)
+        if let policy = activePolicy { applied(policy) }
         _ = summaryWriter?.flush()
         var reason: StopReason? = output.flush() ? nil : .outputClosed
         let deadline = configuration.duration.map { WallClock.boottime() + UInt64($0 * 1e9) }
@@ -175,7 +215,11 @@ public final class Monitor: @unchecked Sendable {
                 switch events[i].data.u32 {
                 case 2:
                     var info = signalfd_siginfo()
-                    if read(signalFD, &info, MemoryLayout<signalfd_siginfo>.size) > 0 { reason = .signal }
+                    while read(signalFD, &info, MemoryLayout<signalfd_siginfo>.size) > 0 {
+                        if info.ssi_signo == UInt32(SIGHUP) { reloadPolicy() } else { reason = .signal }
+                    }
+                case 4:
+                    if policyFileChanged() { reloadPolicy() }
                 case 3:
                     var v: UInt64 = 0
                     _ = read(stopFD, &v, 8)
@@ -196,6 +240,58 @@ public final class Monitor: @unchecked Sendable {
         return reason!
     }
 
+    // MARK: policy
+
+    /// After a policy took effect: destroy the existing sockets it denies (unless
+    /// --keep-existing) and say so in-band.
+    private func applied(_ policy: Policy) {
+        builder.clock.refresh()
+        try? ring.consume()  // records from before the swap come first
+        let destroyed = configuration.keepExisting ? 0 : enforcer.enforce(policy).destroyed
+        builder.emitPolicyStatus(PolicyStatus(
+            loaded: true, file: configuration.policyPath ?? "", rules: policy.rules.count, error: nil, destroyed: destroyed))
+    }
+
+    /// SIGHUP or --watch: parse, compile and swap in the new policy; a policy that
+    /// does not parse or install leaves the old one in force, and says why.
+    public func reloadPolicy() {
+        guard let path = configuration.policyPath else {
+            CLIErrorLine.write("sockflow: SIGHUP ignored: no --policy to reload")
+            return
+        }
+        do {
+            let policy = try PolicyParser.load(path: path)
+            try program.install(PolicyCompiler.compile(policy))
+            activePolicy = policy
+            applied(policy)
+        } catch {
+            CLIErrorLine.write("sockflow: policy reload rejected, the previous policy stays in force: \(error)")
+            builder.emitPolicyStatus(PolicyStatus(
+                loaded: false, file: path, rules: activePolicy?.rules.count ?? 0, error: "\(error)", destroyed: 0))
+        }
+        _ = output.flush()
+        _ = summaryWriter?.flush()
+    }
+
+    /// Drains inotify; true if an event named the policy file.
+    private func policyFileChanged() -> Bool {
+        var buf = [UInt8](repeating: 0, count: 4096)
+        var hit = false
+        while true {
+            let n = buf.withUnsafeMutableBytes { read(inotifyFD, $0.baseAddress, $0.count) }
+            if n <= 0 { break }
+            var off = 0
+            while off + MemoryLayout<inotify_event>.size <= n {
+                let ev = buf.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: off, as: inotify_event.self) }
+                let nameStart = off + MemoryLayout<inotify_event>.size
+                let name = buf[nameStart..<min(nameStart + Int(ev.len), n)].prefix { $0 != 0 }
+                if String(decoding: name, as: UTF8.self) == policyName { hit = true }
+                off = nameStart + Int(ev.len)
+            }
+        }
+        return hit
+    }
+
     private func pump() throws {
         builder.clock.refresh()
         try ring.consume()
@@ -207,11 +303,12 @@ public final class Monitor: @unchecked Sendable {
     }
 
     private func finish(_ reason: StopReason) {
-        program.detach()
+        program.detach()  // pinned enforcement (--persist) stays attached
         if reason != .count, reason != .outputClosed {
             try? pump()  // what the kernel submitted before the programs went away
             reconciler.maybeRun(builder, force: true)  // so open_flows counts live flows only
         }
+        builder.flushDenials(all: true)
         builder.emitStop(
             reason: reason.rawValue,
             counters: [
@@ -221,6 +318,7 @@ public final class Monitor: @unchecked Sendable {
                 ("untracked_flows", builder.table.untracked),
                 ("reconciled_flows", reconciler.removed),
                 ("open_flows", UInt64(builder.table.count)),
+                ("policy_records", builder.policyRecords),
             ])
         _ = output.flush()
         _ = summaryWriter?.flush()
@@ -229,4 +327,13 @@ public final class Monitor: @unchecked Sendable {
 
 final class SampleCounter {
     var count: UInt64 = 0
+}
+
+
+/// One line on stderr (diagnostics never go to stdout).
+enum CLIErrorLine {
+    static func write(_ text: String) {
+        var bytes = Array((text + "\n").utf8)
+        _ = bytes.withUnsafeMutableBytes { Glibc.write(2, $0.baseAddress, $0.count) }
+    }
 }

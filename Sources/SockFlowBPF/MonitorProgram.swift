@@ -3,6 +3,7 @@ import Glibc
 #endif
 import CLibBPF
 import CSockFlowABI
+import CSockFlowShims
 import CSockFlowSkel
 import SockFlowCore
 
@@ -26,6 +27,8 @@ public final class MonitorProgram {
         public var ports: [UInt16] = []
         /// Sockets the kernel tracks at once (its preallocated flow table).
         public var flowCapacity: Int = 1 << 17
+        /// A policy to enforce: the enforcement programs load and attach only then.
+        public var policy: CompiledPolicy? = nil
         /// A cgroup v2 directory: the sockops program attaches there instead of at
         /// the root, and accept() is reported only for tasks under it.
         public var cgroupPath: String? = nil
@@ -56,6 +59,7 @@ public final class MonitorProgram {
         try program.configure()
         try check(sockflow_bpf__load(skel), "load the BPF programs into the kernel")
         try program.fillMaps()
+        if let policy = options.policy { try program.install(policy) }
         try program.attach()
         return program
     }
@@ -75,8 +79,18 @@ public final class MonitorProgram {
 
     /// Detaches every program now (records stop coming); the maps stay readable.
     public func detach() {
-        for link in links.reversed() { bpf_link__destroy(link) }
+        let pinned = persistent ? Set(enforcementLinks.map { UInt(bitPattern: $0.0) }) : []
+        if let link = ingressLink {
+            if persistent { bpf_link__disconnect(link) }
+            bpf_link__destroy(link)
+        }
+        ingressLink = nil
+        for link in links.reversed() {
+            if pinned.contains(UInt(bitPattern: link)) { bpf_link__disconnect(link) }  // stays attached
+            bpf_link__destroy(link)
+        }
         links.removeAll()
+        enforcementLinks.removeAll()
     }
 
     public var isAttached: Bool { !links.isEmpty }
@@ -93,7 +107,20 @@ public final class MonitorProgram {
         UnsafeRawPointer(p).withMemoryRebound(to: UInt64.self, capacity: 1) { $0.pointee }
     }
 
+    /// The enforcement programs: (program, attach type name).
+    private var enforcementPrograms: [(OpaquePointer?, String)] {
+        let p = skel.pointee.progs
+        return [(p.enforce_connect4, "cgroup/connect4"), (p.enforce_connect6, "cgroup/connect6"),
+                (p.enforce_sendmsg4, "cgroup/sendmsg4"), (p.enforce_sendmsg6, "cgroup/sendmsg6"),
+                (p.enforce_bind4, "cgroup/post_bind4"), (p.enforce_bind6, "cgroup/post_bind6"),
+                (p.enforce_socket, "cgroup/sock_create"), (p.enforce_ingress, "cgroup_skb/ingress")]
+    }
+
     private func configure() throws(BPFError) {
+        if options.policy == nil {
+            // Monitoring alone neither loads nor verifies the enforcement programs.
+            for (prog, _) in enforcementPrograms { bpf_program__set_autoload(prog, false) }
+        }
         let size = options.ringBufferBytes
         guard size >= Int(getpagesize()), size & (size - 1) == 0 else {
             throw BPFError("set the ring buffer size to \(size) bytes", code: EINVAL,
@@ -129,6 +156,144 @@ public final class MonitorProgram {
         }
     }
 
+    // MARK: policy
+
+    /// The generation in force, and the policies of both (for rule names).
+    public private(set) var generation: Int = 0
+    public private(set) var policies: [CompiledPolicy?] = [nil, nil]
+
+    /// Writes `policy` into the idle generation, then makes it the one in force
+    /// with a single store: every decision sees one whole policy, old or new.
+    public func install(_ policy: CompiledPolicy) throws(BPFError) {
+        let next = policies[generation] == nil && policies[1 - generation] == nil ? generation : 1 - generation
+        let rulesFD = bpf_map__fd(skel.pointee.maps.rules)
+        let hooksFD = bpf_map__fd(skel.pointee.maps.hook_rules)
+        for (i, var rule) in policy.rules.enumerated() {
+            var key = UInt32(next * Int(SF_MAX_RULES) + i)
+            guard bpf_map_update_elem(rulesFD, &key, &rule, UInt64(BPF_ANY)) == 0 else {
+                throw BPFError("write rule \(i + 1) into the kernel", code: errno)
+            }
+        }
+        var needs: UInt32 = 0
+        var depth = 0
+        for r in policy.policy.rules {
+            for p in [r.process, r.notProcess].compactMap({ $0 }) {
+                if p.exe != nil { needs |= SF_PROC_EXE.rawValue }
+                if p.comm != nil { needs |= SF_PROC_COMM.rawValue }
+                if p.uid != nil { needs |= SF_PROC_UID.rawValue }
+                if p.gid != nil { needs |= SF_PROC_GID.rawValue }
+                if let cg = p.cgroup {
+                    needs |= SF_PROC_CGROUP.rawValue
+                    depth = max(depth, cg.map(\.level).max() ?? 0)
+                }
+            }
+        }
+        for h in 0..<Int(SF_HOOK_COUNT) {
+            var list = sf_hook_rules()
+            let indices = policy.hookRules[h]
+            list.count = UInt32(indices.count)
+            withUnsafeMutableBytes(of: &list.index) { raw in
+                for (j, idx) in indices.enumerated() { raw.storeBytes(of: idx, toByteOffset: j * 2, as: UInt16.self) }
+            }
+            var key = UInt32(next * Int(SF_HOOK_COUNT) + h)
+            guard bpf_map_update_elem(hooksFD, &key, &list, UInt64(BPF_ANY)) == 0 else {
+                throw BPFError("write the rules of hook \(h) into the kernel", code: errno)
+            }
+        }
+        let bss = skel.pointee.bss!
+        withUnsafeMutableBytes(of: &bss.pointee.policy_default) { $0.storeBytes(of: UInt32(policy.defaultAction), toByteOffset: next * 4, as: UInt32.self) }
+        withUnsafeMutableBytes(of: &bss.pointee.policy_needs) { $0.storeBytes(of: needs, toByteOffset: next * 4, as: UInt32.self) }
+        withUnsafeMutableBytes(of: &bss.pointee.policy_cgroup_depth) { $0.storeBytes(of: UInt32(depth), toByteOffset: next * 4, as: UInt32.self) }
+        policies[next] = policy
+        // The flip: one aligned 4-byte store, after every map write above.
+        UnsafeMutableRawPointer(&bss.pointee.policy_generation).storeBytes(of: UInt32(next), as: UInt32.self)
+        generation = next
+        if isAttached { try attachIngressIfNeeded() }
+    }
+
+    /// The rule `index` of generation `generation`, by name.
+    public func ruleName(generation: Int, index: UInt32) -> String? {
+        guard generation >= 0, generation < 2, let p = policies[generation]?.policy, Int(index) < p.rules.count else { return nil }
+        return p.rules[Int(index)].name
+    }
+
+    private var ingressLink: OpaquePointer?
+    /// Enforcement links by pin name, and whether they are pinned (--persist).
+    private var enforcementLinks: [(OpaquePointer, String)] = []
+    private var persistent = false
+
+    /// Where --persist pins the enforcement links.
+    public static let pinDirectory = "/sys/fs/bpf/sockflow"
+
+    /// Pins the enforcement links in bpffs so they outlive this process, after
+    /// removing whatever an earlier sockflow pinned there. Our links are attached
+    /// already, so there is no instant without enforcement.
+    public func persistEnforcement() throws(BPFError) {
+        try Self.ensureBPFFS()
+        if mkdir(Self.pinDirectory, 0o700) != 0 && errno != EEXIST {
+            throw BPFError("create \(Self.pinDirectory)", code: errno)
+        }
+        _ = Self.removePins()
+        persistent = true
+        for (link, name) in enforcementLinks { try pin(link, name) }
+        if let link = ingressLink { try pin(link, "ingress") }
+    }
+
+    private func pin(_ link: OpaquePointer, _ name: String) throws(BPFError) {
+        let path = Self.pinDirectory + "/" + name
+        unlink(path)
+        try check(bpf_link__pin(link, path), "pin \(name) at \(path)")
+    }
+
+    /// Removes pinned enforcement (`sockflow policy unload`); the links detach as
+    /// their last reference goes. Returns how many pins there were.
+    @discardableResult
+    public static func removePins() -> Int {
+        guard let dir = opendir(pinDirectory) else { return 0 }
+        var n = 0
+        while let ent = readdir(dir) {
+            let name = withUnsafeBytes(of: ent.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            if name == "." || name == ".." { continue }
+            if unlink(pinDirectory + "/" + name) == 0 { n += 1 }
+        }
+        closedir(dir)
+        rmdir(pinDirectory)
+        return n
+    }
+
+    static func ensureBPFFS() throws(BPFError) {
+        if let mounts = FileIO.readString("/proc/mounts"),
+            mounts.split(separator: "\n").contains(where: { $0.split(separator: " ").dropFirst().first == "/sys/fs/bpf" })
+        {
+            return
+        }
+        if mount("bpf", "/sys/fs/bpf", "bpf", 0, nil) != 0 {
+            throw BPFError("mount bpffs at /sys/fs/bpf", code: errno, hint: "--persist pins the enforcement there")
+        }
+    }
+
+    /// The packet program runs for every packet a socket of the cgroup receives:
+    /// attach it only while the policy has accept or udp-recv rules.
+    private func attachIngressIfNeeded() throws(BPFError) {
+        let needed = policies[generation].map {
+            !$0.hookRules[Policy.Hook.accept.index].isEmpty || !$0.hookRules[Policy.Hook.udpRecv.index].isEmpty
+        } ?? false
+        if needed, ingressLink == nil {
+            errno = 0
+            let link = try unwrap(
+                bpf_program__attach_cgroup(skel.pointee.progs.enforce_ingress, cgroupFD),
+                "attach cgroup_skb/ingress to cgroup \(attachPoint)")
+            ingressLink = link
+            hooks.append("cgroup_skb/ingress:\(attachPoint)")
+            if persistent { try pin(link, "ingress") }
+        } else if !needed, let link = ingressLink {
+            if persistent { unlink(Self.pinDirectory + "/ingress") }
+            bpf_link__destroy(link)
+            ingressLink = nil
+            hooks.removeAll { $0.hasPrefix("cgroup_skb/ingress:") }
+        }
+    }
+
     private func attach() throws(BPFError) {
         errno = 0
         let sockops = try unwrap(
@@ -146,6 +311,16 @@ public final class MonitorProgram {
                 "attach tracepoint syscalls:\(name)")
             links.append(link)
             hooks.append("tracepoint:syscalls:\(name)")
+        }
+        if options.policy != nil {
+            for (prog, name) in enforcementPrograms where name != "cgroup_skb/ingress" {
+                errno = 0
+                let link = try unwrap(bpf_program__attach_cgroup(prog, cgroupFD), "attach \(name) to cgroup \(attachPoint)")
+                links.append(link)
+                enforcementLinks.append((link, String(name.dropFirst("cgroup/".count))))
+                hooks.append("\(name):\(attachPoint)")
+            }
+            try attachIngressIfNeeded()
         }
     }
 

@@ -79,6 +79,18 @@ struct MonitorCommand: ParsableCommand {
         valueName: "n"))
     var maxFlows = 1 << 17
 
+    @Option(help: ArgumentHelp("Enforce this policy (YAML, see docs/policy.md); SIGHUP reloads it.", valueName: "file"))
+    var policy: String?
+
+    @Flag(help: "Reload the policy when its file changes.")
+    var watch = false
+
+    @Flag(name: .customLong("keep-existing"), help: "After a (re)load, leave existing sockets the policy denies open.")
+    var keepExisting = false
+
+    @Flag(help: "Leave the enforcement in force after sockflow exits (pinned in /sys/fs/bpf/sockflow); 'sockflow policy unload' removes it.")
+    var persist = false
+
     @Flag(help: "Also write the stream records (start, lost, overflow, stop) to stderr, one JSON line each.")
     var summary = false
 
@@ -89,7 +101,8 @@ struct MonitorCommand: ParsableCommand {
     var resolvedCgroup: String?
 
     enum CodingKeys: String, CodingKey {
-        case pids, cgroup, ports, format, count, duration, ringBufferSize, maxDelay, maxFlows, summary, verbose
+        case pids, cgroup, ports, format, count, duration, ringBufferSize, maxDelay, maxFlows, policy, watch, keepExisting
+        case persist, summary, verbose
     }
 
     mutating func validate() throws {
@@ -113,6 +126,10 @@ struct MonitorCommand: ParsableCommand {
         if size < page || size & (size - 1) != 0 || size > 1 << 30 {
             throw ValidationError(
                 "--ring-buffer-size \(size): must be a power of two from \(page) bytes to 1G (e.g. 64K, 8M).")
+        }
+        if policy == nil, watch || keepExisting || persist {
+            let flag = watch ? "--watch" : keepExisting ? "--keep-existing" : "--persist"
+            throw ValidationError("\(flag) needs --policy FILE.")
         }
         if maxFlows < 1 || maxFlows > 1 << 24 {
             throw ValidationError("--max-flows \(maxFlows): give 1 to \(1 << 24).")
@@ -144,6 +161,10 @@ struct MonitorCommand: ParsableCommand {
         c.maxDelayMilliseconds = maxDelay
         c.flowTableLimit = maxFlows
         c.summary = summary
+        c.policyPath = policy
+        c.watchPolicy = watch
+        c.keepExisting = keepExisting
+        c.persist = persist
         c.handleSignals = true
         c.verbose = verbose
         return c

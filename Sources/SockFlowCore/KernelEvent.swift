@@ -8,6 +8,7 @@ public enum KernelEventKind: UInt16, Sendable, CaseIterable {
     case established = 3
     case accept = 4
     case close = 5
+    case verdict = 6
 }
 
 /// Why a ring-buffer sample could not be decoded.

@@ -40,7 +40,8 @@ public final class ProcessInstance: @unchecked Sendable {
     let execID: UInt64
     let exeIno: UInt64
     let exeDev: UInt32
-    let exeNameBytes: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64)
+    /// The executable's file name as the kernel had it (may be cut at 39 bytes).
+    public let exeName: String
     let head: [UInt8]
     let middle: [UInt8]
     let tail: [UInt8]
@@ -56,9 +57,7 @@ public final class ProcessInstance: @unchecked Sendable {
         execID = t.exec_id
         exeIno = t.exe_ino
         exeDev = t.exe_dev
-        exeNameBytes = Swift.withUnsafeBytes(of: t.exe_name) {
-            $0.loadUnaligned(as: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64).self)
-        }
+        exeName = Self.string(t.exe_name)
         self.details = details
         self.cgroup = cgroup
 
@@ -103,8 +102,6 @@ public final class ProcessInstance: @unchecked Sendable {
         b.append(UInt8(ascii: "}"))
         tail = b.bytes
     }
-
-    public var exeName: String { Self.string(exeNameBytes) }
 
     /// Does the kernel's view of the task still match this instance?
     @inline(__always)

@@ -9,6 +9,9 @@ public enum EventType: String, Sendable, CaseIterable {
     case established
     case accept
     case close
+    case deny
+    case log
+    case policy
     case lost
     case overflow
     case stop
@@ -16,7 +19,7 @@ public enum EventType: String, Sendable, CaseIterable {
     public var isFlowEvent: Bool {
         switch self {
         case .listen, .connect, .established, .accept, .close: true
-        case .start, .lost, .overflow, .stop: false
+        case .start, .deny, .log, .policy, .lost, .overflow, .stop: false
         }
     }
 }
@@ -26,7 +29,7 @@ public enum Direction: String, Sendable {
 }
 
 public enum TransportProtocol: String, Sendable {
-    case tcp
+    case tcp, udp
 }
 
 /// A flow's identity in records: the boot it belongs to and the socket cookie.
@@ -51,6 +54,22 @@ public struct FlowID: Sendable, Hashable, CustomStringConvertible {
 
 /// The socket side of a record.
 public struct Flow: Sendable {
+    public init(id: FlowID, proto: TransportProtocol = .tcp, family: IPAddress.Family, mapped: Bool, direction: Direction,
+                local: Endpoint, remote: Endpoint?, netns: UInt32, backlog: UInt32? = nil, dualStack: Bool? = nil,
+                listener: FlowID? = nil) {
+        self.id = id
+        self.proto = proto
+        self.family = family
+        self.mapped = mapped
+        self.direction = direction
+        self.local = local
+        self.remote = remote
+        self.netns = netns
+        self.backlog = backlog
+        self.dualStack = dualStack
+        self.listener = listener
+    }
+
     public var id: FlowID
     public var cookie: UInt64 { id.cookie }
     public var proto: TransportProtocol = .tcp
@@ -84,6 +103,8 @@ public enum CloseReason: String, Sendable {
     case aborted
     /// Another error (unreachable, ...).
     case error
+    /// sockflow destroyed it: a reloaded policy denies it.
+    case policy
 }
 
 public struct CloseDetails: Sendable {
@@ -108,6 +129,31 @@ public struct LostDetails: Sendable {
     }
     public var count: UInt64
     public var reason: Reason
+}
+
+/// A policy decision that is reported: a denial, or a `log` rule's match.
+public struct PolicyDetails: Sendable {
+    public var hook: Policy.Hook
+    /// Identical decisions this record stands for (aggregated over a second).
+    public var count: UInt64
+}
+
+/// A policy was loaded, or a reload was rejected (the previous policy stays).
+public struct PolicyStatus: Sendable {
+    public var loaded: Bool
+    public var file: String
+    public var rules: Int
+    public var error: String?
+    /// Existing sockets the new policy denied and sockflow destroyed.
+    public var destroyed: Int
+
+    public init(loaded: Bool, file: String, rules: Int, error: String?, destroyed: Int) {
+        self.loaded = loaded
+        self.file = file
+        self.rules = rules
+        self.error = error
+        self.destroyed = destroyed
+    }
 }
 
 /// A bounded table refused entries. Records are still written, but flows not in
@@ -152,7 +198,7 @@ public struct ProcessRecord: Sendable {
     public var gid: UInt32 { instance.gid }
     public var cgroupID: UInt64 { instance.cgroupID }
     public var comm: String { ProcessInstance.string(commBytes) }
-    /// The executable's file name as the kernel had it (may be cut at 47 bytes).
+    /// The executable's file name as the kernel had it (may be cut at 39 bytes).
     public var exeName: String { instance.exeName }
     public var exe: String? { instance.details?.exe }
     public var cmdline: [String]? { instance.details?.cmdline }
@@ -189,6 +235,8 @@ public struct Record: Sendable {
     public var close: CloseDetails?
     public var lost: LostDetails?
     public var overflow: OverflowDetails?
+    public var policy: PolicyDetails?
+    public var policyStatus: PolicyStatus?
     public var stream: StreamDetails?
 
     public init(seq: UInt64, time: Int64, event: EventType) {

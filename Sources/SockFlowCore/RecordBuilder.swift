@@ -112,6 +112,7 @@ public final class RecordBuilder {
     public func noteUndecodable() { undecodable &+= 1 }
 
     public func flushPendingLoss() {
+        flushDenials()
         if undecodable > reportedUndecodable {
             emitLost(undecodable - reportedUndecodable, .undecodable)
             reportedUndecodable = undecodable
@@ -180,8 +181,139 @@ public final class RecordBuilder {
         case .established: onEstablished(e)
         case .accept: onAccept(e)
         case .close: onClose(e)
+        case .verdict: onVerdict(e)
         }
     }
+
+    // MARK: policy decisions
+
+    /// The name of rule `index` of policy generation `generation` (the engine knows).
+    public var ruleName: (Int, UInt32) -> String? = { _, _ in nil }
+
+    struct DenialKey: Hashable {
+        let hook: UInt8, action: UInt8, generation: UInt8, rule: UInt32
+        let pid: UInt32, lport: UInt16, rport: UInt16
+        let remote: IPAddress?
+    }
+
+    struct Denials {
+        var pending: UInt64 = 0
+        var lastEmit: Int64 = 0
+        var lastSeen: Int64 = 0
+        var record: Record
+    }
+
+    /// Repeated identical decisions: the first is reported at once, the rest within
+    /// the next second as one record with their count.
+    private var denials: [DenialKey: Denials] = [:]
+    /// `log` verdicts waiting for (or kept with) the flow they concern, by cookie.
+    private var flowVerdicts: [UInt64: Verdict] = [:]
+    public static let aggregationWindow: Int64 = 1_000_000_000
+
+    func onVerdict(_ e: UnsafePointer<sf_event>) {
+        let ev = e.pointee
+        guard let hook = Policy.Hook(bit: UInt32(ev.hook)) else { noteUndecodable(); return }
+        let action: Verdict.Action = ev.action == UInt8(SF_ACTION_DENY.rawValue) ? .deny : .log
+        let rule = ev.rule == UInt32.max ? nil : ruleName(Int(ev.generation), ev.rule)
+        let verdict = Verdict(action: action, rule: rule)
+        var flow = makeFlow(e, direction: hook.isInbound ? .inbound : .outbound, withRemote: true)
+        flow.proto = ev.sock.protocol == UInt8(IPPROTO_UDP) ? .udp : .tcp
+        if ev.listener_cookie != 0 { flow.listener = FlowID(boot: bootTag, cookie: ev.listener_cookie) }
+        var owner: ProcessRecord?
+        if ev.task.flags & UInt32(SF_TASK_VALID.rawValue) != 0 {
+            owner = processes.record(for: ev.task)
+        } else {
+            owner = processes.owner(ev.task)
+        }
+        if action == .log, ev.sock.cookie != 0 { flowVerdicts[ev.sock.cookie] = verdict }
+        let now = clock.wallTime(bootNanoseconds: ev.hdr.ts_ns)
+        var r = Record(seq: 0, time: now, event: action == .deny ? .deny : .log)
+        r.flow = flow
+        r.process = owner
+        r.verdict = verdict
+        r.policy = PolicyDetails(hook: hook, count: 1)
+        let key = DenialKey(
+            hook: ev.hook, action: ev.action, generation: ev.generation, rule: ev.rule, pid: ev.task.pid,
+            lport: ev.sock.lport, rport: ev.sock.rport, remote: flow.remote?.address)
+        if var d = denials[key], now - d.lastEmit < Self.aggregationWindow {
+            d.pending &+= 1
+            d.lastSeen = now
+            d.record = r
+            denials[key] = d
+            return
+        }
+        emitPolicy(&r)
+        denials[key] = Denials(pending: 0, lastEmit: now, lastSeen: now, record: r)
+    }
+
+    /// Emits the aggregated count of decisions whose window has passed, and forgets
+    /// keys quiet for ten windows. Called at the end of each batch (and at stop,
+    /// with `all`).
+    public func flushDenials(now: Int64 = WallClock.now(), all: Bool = false) {
+        guard !denials.isEmpty else { return }
+        for (key, var d) in denials {
+            if d.pending > 0 && (all || now - d.lastEmit >= Self.aggregationWindow) {
+                var r = d.record
+                r.policy?.count = d.pending
+                emitPolicy(&r)
+                d.pending = 0
+                d.lastEmit = now
+                denials[key] = d
+            } else if d.pending == 0 && now - d.lastSeen >= 10 * Self.aggregationWindow {
+                denials[key] = nil
+            }
+        }
+    }
+
+    private func emitPolicy(_ r: inout Record) {
+        guard !isFinished else { return }
+        if !filter.isEmpty, let f = r.flow, !admits(f, r.process) { return }
+        r.seq = nextSeq()
+        policyRecords &+= 1
+        sink.emit(r)
+    }
+
+    /// Sockets sockflow is destroying because a reloaded policy denies them, by
+    /// cookie: their close record says so.
+    private var policyDestroys: [UInt64: String] = [:]
+
+    public func notePolicyDestroy(cookie: UInt64, rule: String) {
+        if cookie != 0 { policyDestroys[cookie] = rule }
+    }
+
+    /// The close of a socket sockflow destroyed that the kernel will not report
+    /// (UDP, or TCP opened before sockflow started).
+    public func emitPolicyClose(_ s: SockDiag.Socket, hook: Policy.Hook, owner: ProcessRecord?, rule: String) {
+        guard !isFinished else { return }
+        policyDestroys[s.cookie] = nil
+        let mapped = s.family == .ipv6 && s.local.address.isIPv4Mapped
+        let flow = Flow(
+            id: FlowID(boot: bootTag, cookie: s.cookie), proto: s.proto,
+            family: mapped ? .ipv4 : s.family, mapped: mapped,
+            direction: hook.isInbound ? .inbound : .outbound,
+            local: Endpoint(address: s.local.address.unmappedIPv4 ?? s.local.address, port: s.local.port),
+            remote: s.remote.port == 0 ? nil : Endpoint(address: s.remote.address.unmappedIPv4 ?? s.remote.address, port: s.remote.port),
+            netns: 0)
+        if !filter.isEmpty, !admits(flow, owner) { return }
+        var r = Record(seq: nextSeq(), time: WallClock.now(), event: .close)
+        r.flow = flow
+        r.process = owner
+        r.verdict = Verdict(action: .deny, rule: rule)
+        r.close = CloseDetails(durationNanoseconds: 0, bytesIn: nil, bytesOut: nil, reason: .policy, errno: ECONNABORTED)
+        flowRecords &+= 1
+        eventCounts.4 &+= 1
+        sink.emit(r)
+    }
+
+    /// A policy was loaded, or a reload was rejected.
+    public func emitPolicyStatus(_ status: PolicyStatus) {
+        var r = Record(seq: nextSeq(), time: WallClock.now(), event: .policy)
+        r.policyStatus = status
+        emitStream(r)
+    }
+
+    /// deny and log records emitted (aggregated ones count once).
+    @exclusivity(unchecked) public private(set) var policyRecords: UInt64 = 0
 
     func onListen(_ e: UnsafePointer<sf_event>) {
         var flow = makeFlow(e, direction: .inbound, withRemote: false)
@@ -266,12 +398,17 @@ public final class RecordBuilder {
                 role: role, oldState: e.pointee.tcp_state, skErr: Int32(e.pointee.sk_err),
                 accepted: entry?.accepted ?? (role != .inbound)),
             errno: Int32(e.pointee.sk_err))
+        var policyVerdict: Verdict?
+        if !policyDestroys.isEmpty, let rule = policyDestroys.removeValue(forKey: e.pointee.sock.cookie) {
+            details.reason = .policy
+            policyVerdict = Verdict(action: .deny, rule: rule)
+        }
         if role != .listener {
             let bytes = Self.payloadBytes(e.pointee, role: role)
             details.bytesIn = bytes.in
             details.bytesOut = bytes.out
         }
-        emitFlow(.close, e, flow, owner, close: details)
+        emitFlow(.close, e, flow, owner, close: details, verdict: policyVerdict)
     }
 
     /// Payload bytes from the kernel's sequence-space counters: bytes_received
@@ -338,12 +475,18 @@ public final class RecordBuilder {
             netns: s.netns)
     }
 
-    func emitFlow(_ type: EventType, _ e: UnsafePointer<sf_event>, _ flow: Flow, _ owner: ProcessRecord?, close: CloseDetails? = nil) {
+    func emitFlow(_ type: EventType, _ e: UnsafePointer<sf_event>, _ flow: Flow, _ owner: ProcessRecord?,
+                  close: CloseDetails? = nil, verdict: Verdict? = nil) {
         if !filter.isEmpty, !admits(flow, owner) { return }
         var r = Record(seq: nextSeq(), time: clock.wallTime(bootNanoseconds: e.pointee.hdr.ts_ns), event: type)
         r.flow = flow
         r.process = owner
         r.close = close
+        if !flowVerdicts.isEmpty, let v = flowVerdicts[flow.id.cookie] {
+            r.verdict = v
+            if type == .close { flowVerdicts[flow.id.cookie] = nil }
+        }
+        if let verdict { r.verdict = verdict }
         flowRecords &+= 1
         switch type {
         case .listen: eventCounts.0 &+= 1

@@ -22,6 +22,34 @@ public enum RecordEncoder {
             b.append(",\"reason\":\"")
             b.append(ascii: (r.lost?.reason ?? .ringBufferFull).rawValue)
             b.append(UInt8(ascii: "\""))
+        case .deny, .log:
+            if let p = r.policy {
+                b.append(",\"hook\":\"")
+                b.append(ascii: p.hook.rawValue)
+                b.append("\",\"count\":")
+                b.appendDecimal(p.count)
+            }
+            b.append(",\"flow\":")
+            if let f = r.flow { policyFlow(f, hook: r.policy?.hook, into: &b) } else { b.append("null") }
+            b.append(",\"process\":")
+            if let p = r.process { process(p, into: &b) } else { b.append("null") }
+            b.append(",\"verdict\":{\"action\":\"")
+            b.append(ascii: r.verdict.action.rawValue)
+            b.append("\",\"rule\":")
+            if let rule = r.verdict.rule { b.appendJSONString(rule) } else { b.append("null") }
+            b.append(UInt8(ascii: "}"))
+        case .policy:
+            if let s = r.policyStatus {
+                b.append(s.loaded ? ",\"status\":\"loaded\"" : ",\"status\":\"rejected\"")
+                b.append(",\"file\":")
+                b.appendJSONString(s.file)
+                b.append(",\"rules\":")
+                b.appendDecimal(UInt64(s.rules))
+                b.append(",\"destroyed\":")
+                b.appendDecimal(UInt64(s.destroyed))
+                b.append(",\"error\":")
+                if let e = s.error { b.appendJSONString(e) } else { b.append("null") }
+            }
         case .overflow:
             b.append(",\"table\":")
             b.appendJSONString(r.overflow?.table ?? "")
@@ -80,7 +108,7 @@ public enum RecordEncoder {
         flowID(f.id, into: &b)
         b.append(",\"cookie\":")
         b.appendDecimal(f.id.cookie)
-        b.append(",\"protocol\":\"tcp\",\"family\":")
+        b.append(f.proto == .tcp ? ",\"protocol\":\"tcp\",\"family\":" : ",\"protocol\":\"udp\",\"family\":")
         b.append(f.family == .ipv4 ? "\"ipv4\"" : "\"ipv6\"")
         b.append(f.mapped ? ",\"mapped\":true" : ",\"mapped\":false")
         b.append(f.direction == .inbound ? ",\"direction\":\"inbound\"" : ",\"direction\":\"outbound\"")
@@ -100,6 +128,34 @@ public enum RecordEncoder {
     }
 
     @inline(__always)
+    /// The flow of a policy decision, as far as it exists: no socket cookie for a
+    /// dropped packet, no local endpoint before bind, no endpoints at socket().
+    static func policyFlow(_ f: Flow, hook: Policy.Hook?, into b: inout ByteBuffer) {
+        b.append("{\"id\":")
+        if f.id.cookie != 0 { flowID(f.id, into: &b) } else { b.append("null") }
+        b.append(",\"cookie\":")
+        if f.id.cookie != 0 { b.appendDecimal(f.id.cookie) } else { b.append("null") }
+        b.append(f.proto == .tcp ? ",\"protocol\":\"tcp\"" : ",\"protocol\":\"udp\"")
+        b.append(",\"family\":")
+        b.append(f.family == .ipv4 ? "\"ipv4\"" : "\"ipv6\"")
+        b.append(f.mapped ? ",\"mapped\":true" : ",\"mapped\":false")
+        b.append(",\"direction\":")
+        switch hook {
+        case .connect, .udpSend: b.append("\"outbound\"")
+        case .listen, .accept, .udpRecv: b.append("\"inbound\"")
+        case .socket, nil: b.append("null")
+        }
+        b.append(",\"local\":")
+        if hook != .socket, f.local.port != 0 || !f.local.address.isUnspecified { endpoint(f.local, into: &b) } else { b.append("null") }
+        b.append(",\"remote\":")
+        if let r = f.remote, hook != .socket, hook != .listen { endpoint(r, into: &b) } else { b.append("null") }
+        b.append(",\"netns\":")
+        b.appendDecimal(UInt64(f.netns))
+        b.append(",\"backlog\":null,\"dual_stack\":null,\"listener\":")
+        if let l = f.listener { flowID(l, into: &b) } else { b.append("null") }
+        b.append(UInt8(ascii: "}"))
+    }
+
     static func process(_ p: ProcessRecord, into b: inout ByteBuffer) {
         let inst = p.instance
         inst.head.withUnsafeBytes { b.append($0) }
@@ -186,6 +242,35 @@ public enum RecordEncoder {
             b.appendDecimal(r.lost?.count ?? 0)
             b.append(" records: ")
             b.append(ascii: (r.lost?.reason ?? .ringBufferFull).rawValue)
+        case .deny, .log:
+            if let p = r.policy {
+                b.append(ascii: p.hook.rawValue)
+                b.append(" rule=")
+                b.appendTextSafe(r.verdict.rule ?? "(default)")
+                b.append(" count=")
+                b.appendDecimal(p.count)
+            }
+            if let f = r.flow, let rem = f.remote {
+                b.append(" remote=")
+                textEndpoint(rem, into: &b)
+            }
+            if let p = r.process {
+                b.append(" pid=")
+                b.appendDecimal(Int64(p.pid))
+            }
+        case .policy:
+            if let s = r.policyStatus {
+                b.append(s.loaded ? "loaded " : "rejected ")
+                b.appendTextSafe(s.file)
+                b.append(" rules=")
+                b.appendDecimal(UInt64(s.rules))
+                b.append(" destroyed=")
+                b.appendDecimal(UInt64(s.destroyed))
+                if let e = s.error {
+                    b.append(": ")
+                    b.appendTextSafe(e)
+                }
+            }
         case .overflow:
             if let o = r.overflow {
                 b.appendTextSafe(o.table)

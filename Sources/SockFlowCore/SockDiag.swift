@@ -16,15 +16,83 @@ public enum SockDiag {
     public static func tcpCookies() throws(Failure) -> Set<UInt64> {
         var cookies = Set<UInt64>()
         for family in [UInt8(AF_INET), UInt8(AF_INET6)] {
-            try dump(family: family) { msg in
+            try dump(family: family, protocol: UInt8(IPPROTO_TCP)) { msg in
                 cookies.insert(UInt64(msg.id.idiag_cookie.0) | UInt64(msg.id.idiag_cookie.1) << 32)
             }
         }
         return cookies
     }
 
-    /// Walks an inet_diag dump of TCP sockets of one family.
-    static func dump(family: UInt8, _ each: (inet_diag_msg) -> Void) throws(Failure) {
+    /// One socket of a dump.
+    public struct Socket: Sendable {
+        public let family: IPAddress.Family
+        public let proto: TransportProtocol
+        public let state: UInt8
+        public let local: Endpoint
+        public let remote: Endpoint
+        public let cookie: UInt64
+        public let uid: UInt32
+        public let inode: UInt32
+        let id: inet_diag_sockid
+
+        public var isListener: Bool { proto == .tcp && state == TCPState.listen.rawValue }
+        /// TIME_WAIT and request sockets have no owner and nothing to destroy.
+        public var isLive: Bool {
+            proto == .udp || (state != TCPState.timeWait.rawValue && state != TCPState.newSynRecv.rawValue
+                && state != TCPState.close.rawValue)
+        }
+    }
+
+    /// Every TCP and UDP socket (IPv4 and IPv6) in the calling thread's namespace.
+    public static func sockets() throws(Failure) -> [Socket] {
+        var out: [Socket] = []
+        for proto in [TransportProtocol.tcp, .udp] {
+            for family in [UInt8(AF_INET), UInt8(AF_INET6)] {
+                try dump(family: family, protocol: proto == .tcp ? UInt8(IPPROTO_TCP) : UInt8(IPPROTO_UDP)) { m in
+                    let fam: IPAddress.Family = m.idiag_family == UInt8(AF_INET) ? .ipv4 : .ipv6
+                    func addr(_ w: (UInt32, UInt32, UInt32, UInt32)) -> IPAddress {
+                        withUnsafeBytes(of: w) { IPAddress(family: fam, raw: $0) }
+                    }
+                    out.append(Socket(
+                        family: fam, proto: proto, state: m.idiag_state,
+                        local: Endpoint(address: addr(m.id.idiag_src), port: UInt16(bigEndian: m.id.idiag_sport)),
+                        remote: Endpoint(address: addr(m.id.idiag_dst), port: UInt16(bigEndian: m.id.idiag_dport)),
+                        cookie: UInt64(m.id.idiag_cookie.0) | UInt64(m.id.idiag_cookie.1) << 32,
+                        uid: m.idiag_uid, inode: m.idiag_inode, id: m.id))
+                }
+            }
+        }
+        return out
+    }
+
+    /// Closes a socket from outside, as `ss -K` does: its owner sees ECONNABORTED.
+    public static func destroy(_ s: Socket) throws(Failure) {
+        let fd = socket(AF_NETLINK, Int32(SOCK_RAW.rawValue) | Int32(SOCK_CLOEXEC.rawValue), NETLINK_SOCK_DIAG)
+        guard fd >= 0 else { throw Failure(operation: "open a sock_diag socket", code: errno) }
+        defer { close(fd) }
+        struct Request {
+            var nlh = nlmsghdr()
+            var req = inet_diag_req_v2()
+        }
+        var r = Request()
+        r.nlh.nlmsg_len = UInt32(MemoryLayout<Request>.size)
+        r.nlh.nlmsg_type = UInt16(SOCK_DESTROY)
+        r.nlh.nlmsg_flags = UInt16(NLM_F_REQUEST | NLM_F_ACK)
+        r.req.sdiag_family = s.family == .ipv4 ? UInt8(AF_INET) : UInt8(AF_INET6)
+        r.req.sdiag_protocol = s.proto == .tcp ? UInt8(IPPROTO_TCP) : UInt8(IPPROTO_UDP)
+        r.req.idiag_states = ~0
+        r.req.id = s.id
+        let sent = withUnsafeBytes(of: &r) { send(fd, $0.baseAddress, $0.count, 0) }
+        guard sent == MemoryLayout<Request>.size else { throw Failure(operation: "send SOCK_DESTROY", code: errno) }
+        var buf = [UInt8](repeating: 0, count: 4096)
+        let n = buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+        guard n >= MemoryLayout<nlmsghdr>.size + 4 else { throw Failure(operation: "read the SOCK_DESTROY answer", code: errno) }
+        let code = buf.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: MemoryLayout<nlmsghdr>.size, as: Int32.self) }
+        if code != 0 { throw Failure(operation: "destroy socket \(s.local) -> \(s.remote)", code: -code) }
+    }
+
+    /// Walks an inet_diag dump of one family and protocol.
+    static func dump(family: UInt8, protocol proto: UInt8, _ each: (inet_diag_msg) -> Void) throws(Failure) {
         let fd = socket(AF_NETLINK, Int32(SOCK_RAW.rawValue) | Int32(SOCK_CLOEXEC.rawValue), NETLINK_SOCK_DIAG)
         guard fd >= 0 else { throw Failure(operation: "open a sock_diag socket", code: errno) }
         defer { close(fd) }
@@ -37,7 +105,7 @@ public enum SockDiag {
         r.nlh.nlmsg_type = UInt16(SOCK_DIAG_BY_FAMILY)
         r.nlh.nlmsg_flags = UInt16(NLM_F_REQUEST | NLM_F_DUMP)
         r.req.sdiag_family = family
-        r.req.sdiag_protocol = UInt8(IPPROTO_TCP)
+        r.req.sdiag_protocol = proto
         r.req.idiag_states = ~0
         let sent = withUnsafeBytes(of: &r) { send(fd, $0.baseAddress, $0.count, 0) }
         guard sent == MemoryLayout<Request>.size else { throw Failure(operation: "send a sock_diag dump request", code: errno) }
@@ -63,7 +131,7 @@ public enum SockDiag {
                     }
                     if h.nlmsg_type == UInt16(NLMSG_ERROR) {
                         let code = raw.loadUnaligned(fromByteOffset: off + MemoryLayout<nlmsghdr>.size, as: Int32.self)
-                        failure = Failure(operation: "dump TCP sockets", code: -code)
+                        failure = Failure(operation: "dump sockets", code: -code)
                         return
                     }
                     let body = off + MemoryLayout<nlmsghdr>.size

@@ -12,8 +12,11 @@
  *                  accepts connections (in K pre-forked children that share the listener,
  *                  or itself when K is 0); per connection reads to EOF, writes N bytes,
  *                  closes, prints "conn pid=.. lport=.. rport=.. in=.. out=.."
- *   sfhelper connect --addr A --port P [--send N] [--linger0] [--hold-ms MS] [--syncnt N]
- *                  prints "connected ..." or "error errno=E lport=L", then "done in=.. out=.."
+ *   sfhelper connect --addr A --port P [--send N] [--linger0] [--hold-ms MS] [--syncnt N] [--bind-addr A]
+ *                  prints "connected ..." or "error errno=E lport=L", then "done in=.. out=.. errno=E"
+ *   sfhelper udp-send --addr A --port P [--connect]    prints "sent pid=.." or "error errno=E"
+ *   sfhelper udp-recv [--port P] [--timeout-ms T]      prints "ready ..." then "got N" or "timeout"
+ *   sfhelper socket --family 4|6 --type tcp|udp       prints "ok pid=.." or "error errno=E"
  *
  * --fork-listen   the parent creates and binds the socket, a forked child calls listen()
  * --listen-fork   the parent listens and forks; the parent exits, the child holds it
@@ -244,6 +247,8 @@ static int peer_port(int fd)
 					      : ((struct sockaddr_in *)&ss)->sin_port);
 }
 
+static int io_errno; /* the errno that stopped write_n or read_all */
+
 static long write_n(int fd, long n)
 {
 	char buf[4096];
@@ -256,6 +261,7 @@ static long write_n(int fd, long n)
 		if (w < 0) {
 			if (errno == EINTR)
 				continue;
+			io_errno = errno;
 			break;
 		}
 		done += w;
@@ -273,6 +279,7 @@ static long read_all(int fd)
 		if (r < 0) {
 			if (errno == EINTR)
 				continue;
+			io_errno = errno;
 			break;
 		}
 		total += r;
@@ -366,7 +373,7 @@ static int cmd_serve(int argc, char **argv)
 
 static int cmd_connect(int argc, char **argv)
 {
-	const char *addr = "127.0.0.1";
+	const char *addr = "127.0.0.1", *bind_addr = NULL;
 	int port = 0, linger0 = 0, hold_ms = 0, syncnt = 0, fd, rc;
 	long send_n = 0;
 	struct sockaddr_storage ss;
@@ -379,6 +386,7 @@ static int cmd_connect(int argc, char **argv)
 		else if (!strcmp(argv[i], "--hold-ms") && i + 1 < argc) hold_ms = atoi(argv[++i]);
 		else if (!strcmp(argv[i], "--syncnt") && i + 1 < argc) syncnt = atoi(argv[++i]);
 		else if (!strcmp(argv[i], "--linger0")) linger0 = 1;
+		else if (!strcmp(argv[i], "--bind-addr") && i + 1 < argc) bind_addr = argv[++i];
 		else { fprintf(stderr, "sfhelper connect: unknown option %s\n", argv[i]); return 2; }
 	}
 	memset(&ss, 0, sizeof(ss));
@@ -404,6 +412,13 @@ static int cmd_connect(int argc, char **argv)
 		die("socket");
 	if (syncnt)
 		setsockopt(fd, IPPROTO_TCP, TCP_SYNCNT, &syncnt, sizeof(syncnt));
+	if (bind_addr) {
+		struct sockaddr_in b = { .sin_family = AF_INET };
+
+		inet_pton(AF_INET, bind_addr, &b.sin_addr);
+		if (bind(fd, (struct sockaddr *)&b, sizeof(b)))
+			die("bind");
+	}
 	rc = connect(fd, (struct sockaddr *)&ss, len);
 	if (rc) {
 		printf("error pid=%d errno=%d lport=%d\n", getpid(), errno, local_port(fd));
@@ -430,9 +445,109 @@ static int cmd_connect(int argc, char **argv)
 		shutdown(fd, SHUT_WR);
 		in = read_all(fd);
 		close(fd);
-		printf("done in=%ld out=%ld\n", in, out);
+		printf("done in=%ld out=%ld errno=%d\n", in, out, io_errno);
 		fflush(stdout);
 	}
+	return 0;
+}
+
+static int parse_addr(const char *addr, int port, struct sockaddr_storage *ss, socklen_t *len)
+{
+	memset(ss, 0, sizeof(*ss));
+	if (strchr(addr, ':')) {
+		struct sockaddr_in6 *a = (struct sockaddr_in6 *)ss;
+
+		a->sin6_family = AF_INET6;
+		a->sin6_port = htons(port);
+		*len = sizeof(*a);
+		return inet_pton(AF_INET6, addr, &a->sin6_addr) == 1 ? AF_INET6 : -1;
+	}
+	struct sockaddr_in *a = (struct sockaddr_in *)ss;
+
+	a->sin_family = AF_INET;
+	a->sin_port = htons(port);
+	*len = sizeof(*a);
+	return inet_pton(AF_INET, addr, &a->sin_addr) == 1 ? AF_INET : -1;
+}
+
+static int cmd_udp_send(int argc, char **argv)
+{
+	const char *addr = "127.0.0.1";
+	int port = 0, do_connect = 0, fd, family;
+	struct sockaddr_storage ss;
+	socklen_t len;
+
+	for (int i = 0; i < argc; i++) {
+		if (!strcmp(argv[i], "--addr") && i + 1 < argc) addr = argv[++i];
+		else if (!strcmp(argv[i], "--port") && i + 1 < argc) port = atoi(argv[++i]);
+		else if (!strcmp(argv[i], "--connect")) do_connect = 1;
+		else { fprintf(stderr, "sfhelper udp-send: unknown option %s\n", argv[i]); return 2; }
+	}
+	family = parse_addr(addr, port, &ss, &len);
+	if (family < 0)
+		die("address");
+	fd = socket(family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		die("socket");
+	if (do_connect) {
+		if (connect(fd, (struct sockaddr *)&ss, len) || send(fd, "hello", 5, 0) != 5) {
+			printf("error pid=%d errno=%d\n", getpid(), errno);
+			return 0;
+		}
+	} else if (sendto(fd, "hello", 5, 0, (struct sockaddr *)&ss, len) != 5) {
+		printf("error pid=%d errno=%d\n", getpid(), errno);
+		return 0;
+	}
+	printf("sent pid=%d\n", getpid());
+	return 0;
+}
+
+static int cmd_udp_recv(int argc, char **argv)
+{
+	int port = 0, timeout_ms = 2000, fd;
+	struct sockaddr_in a = { .sin_family = AF_INET };
+	socklen_t len = sizeof(a);
+	struct pollfd p;
+	char buf[256];
+
+	for (int i = 0; i < argc; i++) {
+		if (!strcmp(argv[i], "--port") && i + 1 < argc) port = atoi(argv[++i]);
+		else if (!strcmp(argv[i], "--timeout-ms") && i + 1 < argc) timeout_ms = atoi(argv[++i]);
+		else { fprintf(stderr, "sfhelper udp-recv: unknown option %s\n", argv[i]); return 2; }
+	}
+	fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	a.sin_port = htons(port);
+	inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
+	if (bind(fd, (struct sockaddr *)&a, sizeof(a)))
+		die("bind");
+	getsockname(fd, (struct sockaddr *)&a, &len);
+	printf("ready pid=%d port=%d\n", getpid(), ntohs(a.sin_port));
+	fflush(stdout);
+	p.fd = fd;
+	p.events = POLLIN;
+	if (poll(&p, 1, timeout_ms) == 1)
+		printf("got %zd\n", recv(fd, buf, sizeof(buf), 0));
+	else
+		printf("timeout\n");
+	fflush(stdout);
+	wait_for_close();
+	return 0;
+}
+
+static int cmd_socket(int argc, char **argv)
+{
+	int family = AF_INET, type = SOCK_STREAM, fd;
+
+	for (int i = 0; i < argc; i++) {
+		if (!strcmp(argv[i], "--family") && i + 1 < argc) family = !strcmp(argv[++i], "6") ? AF_INET6 : AF_INET;
+		else if (!strcmp(argv[i], "--type") && i + 1 < argc) type = !strcmp(argv[++i], "udp") ? SOCK_DGRAM : SOCK_STREAM;
+		else { fprintf(stderr, "sfhelper socket: unknown option %s\n", argv[i]); return 2; }
+	}
+	fd = socket(family, type | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		printf("error pid=%d errno=%d\n", getpid(), errno);
+	else
+		printf("ok pid=%d\n", getpid());
 	return 0;
 }
 
@@ -451,6 +566,12 @@ int main(int argc, char **argv)
 	}
 	if (!strcmp(argv[1], "listen"))
 		return cmd_listen(argc - 2, argv + 2);
+	if (!strcmp(argv[1], "udp-send"))
+		return cmd_udp_send(argc - 2, argv + 2);
+	if (!strcmp(argv[1], "udp-recv"))
+		return cmd_udp_recv(argc - 2, argv + 2);
+	if (!strcmp(argv[1], "socket"))
+		return cmd_socket(argc - 2, argv + 2);
 	if (!strcmp(argv[1], "serve"))
 		return cmd_serve(argc - 2, argv + 2);
 	if (!strcmp(argv[1], "connect"))

@@ -28,6 +28,10 @@ struct ABILayoutTests {
             ("bytes_acked", MemoryLayout<sf_event>.offset(of: \.bytes_acked)),
             ("backlog", MemoryLayout<sf_event>.offset(of: \.backlog)),
             ("fd", MemoryLayout<sf_event>.offset(of: \.fd)),
+            ("rule", MemoryLayout<sf_event>.offset(of: \.rule)),
+            ("hook", MemoryLayout<sf_event>.offset(of: \.hook)),
+            ("action", MemoryLayout<sf_event>.offset(of: \.action)),
+            ("generation", MemoryLayout<sf_event>.offset(of: \.generation)),
             ("sk_err", MemoryLayout<sf_event>.offset(of: \.sk_err)),
             ("tcp_state", MemoryLayout<sf_event>.offset(of: \.tcp_state)),
             ("role", MemoryLayout<sf_event>.offset(of: \.role)),
@@ -80,12 +84,35 @@ struct ABILayoutTests {
         ])
     }
 
+    @Test("policy structs: the rule layout the kernel reads")
+    func rule() throws {
+        try check("sf_rule", sf_rule.self, [
+            ("local", MemoryLayout<sf_rule>.offset(of: \.local)),
+            ("remote", MemoryLayout<sf_rule>.offset(of: \.remote)),
+            ("process", MemoryLayout<sf_rule>.offset(of: \.process)),
+            ("not_process", MemoryLayout<sf_rule>.offset(of: \.not_process)),
+            ("hooks", MemoryLayout<sf_rule>.offset(of: \.hooks)),
+            ("match", MemoryLayout<sf_rule>.offset(of: \.match)),
+            ("action", MemoryLayout<sf_rule>.offset(of: \.action)),
+            ("protocol", MemoryLayout<sf_rule>.offset(of: \.protocol)),
+            ("family", MemoryLayout<sf_rule>.offset(of: \.family)),
+            ("pad", MemoryLayout<sf_rule>.offset(of: \.pad)),
+        ])
+        try check("sf_hook_rules", sf_hook_rules.self, [
+            ("count", MemoryLayout<sf_hook_rules>.offset(of: \.count)),
+            ("index", MemoryLayout<sf_hook_rules>.offset(of: \.index)),
+            ("pad", MemoryLayout<sf_hook_rules>.offset(of: \.pad)),
+        ])
+    }
+
     @Test("the fixture offsets the decoding tests use are the ABI's")
     func fixtureOffsets() {
         #expect(MemoryLayout<sf_event>.offset(of: \.sock.cookie) == RecordBytes.cookie)
         #expect(MemoryLayout<sf_event>.offset(of: \.task) == RecordBytes.task)
         #expect(MemoryLayout<sf_event>.offset(of: \.start_ns) == RecordBytes.startNs)
         #expect(MemoryLayout<sf_event>.offset(of: \.close_flags) == RecordBytes.closeFlags)
+        #expect(MemoryLayout<sf_event>.offset(of: \.rule) == RecordBytes.rule)
+        #expect(MemoryLayout<sf_event>.offset(of: \.hook) == RecordBytes.hook)
         #expect(MemoryLayout<sf_event>.offset(of: \.task.comm) == RecordBytes.task + 64)
     }
 }

@@ -43,7 +43,7 @@ struct DecodingTests {
         }
     }
 
-    @Test("an unknown kind is rejected, not trusted", arguments: [UInt16(0), 6, 99, 0xffff])
+    @Test("an unknown kind is rejected, not trusted", arguments: [UInt16(0), 7, 99, 0xffff])
     func unknownKind(kind: UInt16) {
         let r = RecordBytes.event(kind: kind)
         #expect(throws: DecodeError(code: .unknownKind(kind))) { try r.decode() }

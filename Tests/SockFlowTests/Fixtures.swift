@@ -20,8 +20,9 @@ struct RecordBytes {
     static let tsNs = 0, lost = 8, kind = 16, size = 18, cpu = 20
     static let cookie = 24, laddr = 32, raddr = 48, netns = 64, lport = 68, rport = 70, family = 72, proto = 74, sockFlags = 75
     static let task = 80  // start_ns, exec_id, cgroup_id, exe_ino, exe_dev, pid, tid, ppid, uid, gid, flags, pad, comm, exe_name
-    static let startNs = 208, listenerCookie = 216, bytesReceived = 224, bytesAcked = 232
-    static let backlog = 240, fd = 244, skErr = 248, tcpState = 250, role = 251, closeFlags = 252
+    static let startNs = 200, listenerCookie = 208, bytesReceived = 216, bytesAcked = 224
+    static let backlog = 232, fd = 236, rule = 240, skErr = 244, tcpState = 246, role = 247, closeFlags = 248
+    static let hook = 249, action = 250, generation = 251
 
     static func event(kind: UInt16, cookie: UInt64 = 42, ts: UInt64 = 5_000_000_000) -> RecordBytes {
         var r = RecordBytes()

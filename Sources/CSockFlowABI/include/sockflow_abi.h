@@ -20,7 +20,7 @@
 
 #define SF_ABI_VERSION 1
 #define SF_COMM_LEN 16
-#define SF_EXE_NAME_LEN 48
+#define SF_EXE_NAME_LEN 40
 #define SF_MAX_FILTER_PORTS 64
 
 /* Record kinds. Never renumber; new kinds take the next free number. */
@@ -30,6 +30,7 @@ enum sf_kind {
 	SF_KIND_ESTABLISHED = 3, /* handshake done, active or passive (softirq for passive)   */
 	SF_KIND_ACCEPT = 4,      /* accept()/accept4() returned this socket (process context) */
 	SF_KIND_CLOSE = 5,       /* a reported flow reached TCP_CLOSE                        */
+	SF_KIND_VERDICT = 6,     /* a policy rule denied (or logged) a call or a packet        */
 };
 
 /* What a tracked socket is to sockflow (struct sf_flow_state.role, struct sf_event.role). */
@@ -111,11 +112,15 @@ struct sf_event {
 	__u64 bytes_acked;          /* close: tcp_sock.bytes_acked (sequence space) */
 	__u32 backlog;              /* listen: sk_max_ack_backlog */
 	__s32 fd;                   /* accept: the new descriptor */
+	__u32 rule;                 /* verdict: index of the rule in its policy generation */
 	__u16 sk_err;               /* close: sk_err (ECONNREFUSED, ETIMEDOUT, ECONNRESET, ...) */
 	__u8 tcp_state;             /* close: the state it left; accept: the state it is in */
 	__u8 role;                  /* enum sf_role */
 	__u8 close_flags;           /* enum sf_close_flags */
-	__u8 pad[3];
+	__u8 hook;                  /* verdict: enum sf_hook (one bit) */
+	__u8 action;                /* verdict: enum sf_action */
+	__u8 generation;            /* verdict: the policy generation that decided */
+	__u8 pad[4];
 };
 
 /* What the BPF side keeps per tracked socket, in a preallocated hash keyed by the
@@ -141,6 +146,122 @@ struct sf_listener_key {
 
 struct sf_listener {
 	__u64 cookie; /* 0: more than one listener has this key (SO_REUSEPORT) */
+};
+
+/* ---- Policy: rules compiled by user space, evaluated by the enforcement programs ---- */
+
+#define SF_MAX_RULES 1024
+#define SF_RULE_PORTS 8
+#define SF_RULE_CIDRS 8
+#define SF_RULE_EXES 8
+#define SF_RULE_IDS 8
+#define SF_RULE_COMMS 4
+#define SF_RULE_CGROUPS 4
+#define SF_GENERATIONS 2 /* two copies: reload writes the idle one, then flips */
+
+/* Where a rule applies. One bit each; the numbers are part of the ABI. */
+enum sf_hook {
+	SF_HOOK_LISTEN = 1 << 0,   /* cgroup/post_bind4/6, TCP: a denied process never holds the port */
+	SF_HOOK_CONNECT = 1 << 1,  /* cgroup/connect4/6: TCP, and connected UDP */
+	SF_HOOK_ACCEPT = 1 << 2,   /* cgroup_skb/ingress: the SYN of a new inbound TCP flow */
+	SF_HOOK_UDP_SEND = 1 << 3, /* cgroup/sendmsg4/6: unconnected UDP sends */
+	SF_HOOK_UDP_RECV = 1 << 4, /* cgroup_skb/ingress: UDP datagrams */
+	SF_HOOK_SOCKET = 1 << 5,   /* cgroup/sock_create */
+};
+#define SF_HOOK_COUNT 6
+
+enum sf_action {
+	SF_ACTION_ALLOW = 1,
+	SF_ACTION_DENY = 2,
+	SF_ACTION_LOG = 3, /* allow, and report */
+};
+
+/* struct sf_rule.match: which parts of a rule are set (unset parts match anything) */
+enum sf_match {
+	SF_MATCH_LOCAL_PORTS = 1 << 0,
+	SF_MATCH_LOCAL_CIDRS = 1 << 1,
+	SF_MATCH_REMOTE_PORTS = 1 << 2,
+	SF_MATCH_REMOTE_CIDRS = 1 << 3,
+	SF_MATCH_PROCESS = 1 << 4,     /* `process`, all of whose set fields must match */
+	SF_MATCH_NOT_PROCESS = 1 << 5, /* `process.not`, which must not match */
+};
+
+/* struct sf_process_match.fields */
+enum sf_process_field {
+	SF_PROC_EXE = 1 << 0,
+	SF_PROC_COMM = 1 << 1,
+	SF_PROC_UID = 1 << 2,
+	SF_PROC_GID = 1 << 3,
+	SF_PROC_CGROUP = 1 << 4,
+};
+
+struct sf_port_range {
+	__u16 lo; /* host order, inclusive */
+	__u16 hi;
+};
+
+/* An address matches when (address & mask) == net, in the family's normalized form:
+ * IPv4 (and IPv4-mapped IPv6) in the first 4 bytes, IPv6 in 16. */
+struct sf_cidr {
+	__u8 net[16];
+	__u8 mask[16];
+	__u16 family; /* AF_INET or AF_INET6 */
+	__u8 pad[6];
+};
+
+struct sf_endpoint_match {
+	struct sf_port_range ports[SF_RULE_PORTS];
+	struct sf_cidr cidrs[SF_RULE_CIDRS];
+	__u8 nports;
+	__u8 ncidrs;
+	__u8 pad[6];
+};
+
+struct sf_exe_id {
+	__u64 ino;
+	__u32 dev; /* kernel encoding: major << 20 | minor */
+	__u32 pad;
+};
+
+struct sf_cgroup_match {
+	__u64 id;    /* the cgroup's id ... */
+	__u32 level; /* ... at this depth under the root (1: a child of the root) */
+	__u32 pad;
+};
+
+struct sf_process_match {
+	struct sf_exe_id exe[SF_RULE_EXES];
+	struct sf_cgroup_match cgroup[SF_RULE_CGROUPS];
+	__u32 uid[SF_RULE_IDS];
+	__u32 gid[SF_RULE_IDS];
+	char comm[SF_RULE_COMMS][SF_COMM_LEN];
+	__u32 fields; /* enum sf_process_field */
+	__u8 nexe;
+	__u8 ncgroup;
+	__u8 nuid;
+	__u8 ngid;
+	__u8 ncomm;
+	__u8 pad[7];
+};
+
+struct sf_rule {
+	struct sf_endpoint_match local;
+	struct sf_endpoint_match remote;
+	struct sf_process_match process;
+	struct sf_process_match not_process;
+	__u32 hooks;    /* enum sf_hook bits */
+	__u32 match;    /* enum sf_match bits */
+	__u8 action;    /* enum sf_action */
+	__u8 protocol;  /* 0: any, IPPROTO_TCP, IPPROTO_UDP */
+	__u16 family;   /* 0: any, AF_INET, AF_INET6 */
+	__u8 pad[4];
+};
+
+/* The rules of one hook in one generation, in policy order (first match wins). */
+struct sf_hook_rules {
+	__u32 count;
+	__u16 index[SF_MAX_RULES];
+	__u8 pad[4];
 };
 
 /* Load-time knobs (const volatile in .rodata, set before load). */
