@@ -1088,10 +1088,11 @@ int enforce_ingress(struct __sk_buff *skb)
 	} else {
 		return 1;
 	}
-	if (bpf_skb_load_bytes(skb, l4off, l4, sizeof(l4)))
+	/* ports first: a UDP datagram may be shorter than a TCP header */
+	if (bpf_skb_load_bytes(skb, l4off, l4, 4))
 		return 1;
 	/* TCP: only a SYN (no ACK) opens an inbound flow */
-	if (proto == IPPROTO_TCP && (l4[13] & 0x12) != 0x02)
+	if (proto == IPPROTO_TCP && (bpf_skb_load_bytes(skb, l4off + 13, &l4[13], 1) || (l4[13] & 0x12) != 0x02))
 		return 1;
 	d->protocol = proto;
 	d->rport = (__u16)l4[0] << 8 | l4[1];

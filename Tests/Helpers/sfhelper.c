@@ -90,8 +90,12 @@ static int make_socket(const struct listen_opts *o, int *port_out)
 			die("address");
 		len = sizeof(*a);
 	}
-	if (bind(fd, (struct sockaddr *)&ss, len))
-		die("bind");
+	if (bind(fd, (struct sockaddr *)&ss, len)) {
+		/* a policy may refuse the bind: say so where the test reads */
+		printf("error pid=%d errno=%d\n", getpid(), errno);
+		fflush(stdout);
+		exit(3);
+	}
 	len = sizeof(ss);
 	getsockname(fd, (struct sockaddr *)&ss, &len);
 	*port_out = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
@@ -554,6 +558,13 @@ static int cmd_socket(int argc, char **argv)
 int main(int argc, char **argv)
 {
 	sigset_t none;
+
+	/* sfhelper --comm NAME MODE ...: start under another thread name */
+	if (argc > 3 && !strcmp(argv[1], "--comm")) {
+		prctl(PR_SET_NAME, argv[2], 0, 0, 0);
+		argc -= 2;
+		argv += 2;
+	}
 
 	/* A test runner may spawn us from a thread that blocks every signal: unblock,
 	 * or SIGTERM from the test's cleanup would never arrive. */
