@@ -313,6 +313,73 @@ def memory(soak_seconds, workdir):
     return res
 
 
+def rules_policy(n, path):
+    """n connect rules that never match the storm (ports 1..n are not its port),
+    so every connect() walks the whole list: the worst case."""
+    with open(path, "w") as f:
+        f.write("default: allow\nrules:\n")
+        for i in range(n):
+            f.write(f"  - {{ name: r{i}, action: deny, on: connect, remote: {{ ports: [{i % 1000 + 1}] }}, "
+                    f"process: {{ uid: [{60000 + i % 1000}] }} }}\n")
+
+
+def connect_latency(rounds, workdir):
+    """connect() latency in a cgroup of its own: without sockflow, with sockflow
+    monitoring, and enforcing 0, 10, 100 and 1000 rules there; interleaved rounds."""
+    root = next(l.split()[1] for l in open("/proc/mounts") if l.split()[2] == "cgroup2")
+    cg = os.path.join(root, f"sockflow-bench-{os.getpid()}")
+    os.makedirs(cg, exist_ok=True)
+    configs = [("no sockflow", None), ("monitor only", []), ("0 rules", 0), ("10 rules", 10), ("100 rules", 100),
+               ("1000 rules", 1000)]
+    rows = []
+    try:
+        for rnd in range(rounds):
+            for name, rules in configs:
+                mon = None
+                if rules is not None:
+                    args = [SOCKFLOW, "monitor", "--summary", "--cgroup", cg]
+                    if rules != []:
+                        path = os.path.join(workdir, f"rules-{rules}.yaml")
+                        rules_policy(rules, path)
+                        args += ["--policy", path]
+                    err = open(os.path.join(workdir, "latency.err"), "w")
+                    mon = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=err)
+                    deadline = time.time() + 20
+                    while time.time() < deadline:
+                        text = open(os.path.join(workdir, "latency.err")).read()
+                        if '"event":"start"' in text and (rules == [] or '"event":"policy"' in text):
+                            break
+                        time.sleep(0.02)
+                try:
+                    out = subprocess.run(["/bin/sh", "-c", f"echo $$ > {cg}/cgroup.procs && exec {STORM} -m latency -n 20000"],
+                                         capture_output=True, text=True, check=True).stdout
+                finally:
+                    if mon:
+                        mon.send_signal(signal.SIGINT)
+                        mon.wait(timeout=30)
+                fields = dict(kv.split("=", 1) for kv in out.split())
+                rows.append({"round": rnd, "config": name, "median_ns": int(fields["latency_median_ns"]),
+                             "p99_ns": int(fields["latency_p99_ns"])})
+                print(f"  latency round {rnd + 1} {name}: {int(fields['latency_median_ns']) / 1000:.1f} us", file=sys.stderr)
+    finally:
+        os.rmdir(cg)
+    return rows, [c[0] for c in configs]
+
+
+def latency_table(rows, names):
+    out = ["| sockflow | connect() median µs [min–max] | ratio to no sockflow, median [min–max] | p99 µs, median |",
+           "|---|---|---|---|"]
+    base = {r["round"]: r["median_ns"] for r in rows if r["config"] == "no sockflow"}
+    for n in names:
+        mine = [r for r in rows if r["config"] == n]
+        med_us = [r["median_ns"] / 1000 for r in mine]
+        ratios = [r["median_ns"] / base[r["round"]] for r in mine]
+        p99 = statistics.median(r["p99_ns"] / 1000 for r in mine)
+        ratio = "1" if n == "no sockflow" else f"{statistics.median(ratios):.2f} [{min(ratios):.2f}–{max(ratios):.2f}]"
+        out.append(f"| {n} | {statistics.median(med_us):.1f} [{min(med_us):.1f}–{max(med_us):.1f}] | {ratio} | {p99:.1f} |")
+    return "\n".join(out)
+
+
 def consumer_bench():
     bench = os.path.join(REPO, ".build", "release", "sockflow-bench")
     out = subprocess.run([bench, "consumer", "500000", "5"], capture_output=True, text=True, check=True).stdout
@@ -384,6 +451,7 @@ def main():
     ap.add_argument("--monitors", default="sockflow-null,sockflow-file,tcpstates,tcplife")
     ap.add_argument("--no-auditd", action="store_true")
     ap.add_argument("--soak", type=float, default=30, help="seconds of 20k conn/s churn in the memory step (0: skip it)")
+    ap.add_argument("--no-latency", action="store_true", help="skip the connect() latency step")
     ap.add_argument("--json", default=os.path.join(OUT, "results.json"))
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -417,11 +485,12 @@ def main():
                     row.update(round=rnd, block="audit")
                     rows.append(row)
                     print(f"  {scenario} audit round {rnd + 1} {row['monitor']}: {row['storm']['rate']:.0f}/s", file=sys.stderr)
+    latency = None if args.no_latency else connect_latency(args.rounds, workdir)
     mem = memory(args.soak, workdir) if args.soak > 0 else None
     consumer = consumer_bench() if os.access(os.path.join(REPO, ".build", "release", "sockflow-bench"), os.X_OK) else None
     shutil.rmtree(workdir, ignore_errors=True)
     with open(args.json, "w") as f:
-        json.dump({"rows": rows, "memory": mem, "consumer": consumer}, f, indent=1)
+        json.dump({"rows": rows, "memory": mem, "consumer": consumer, "latency": latency and latency[0]}, f, indent=1)
     uname = os.uname()
     print(f"\nsockflow benchmark, {time.strftime('%Y-%m-%d')}, {uname.release}, {os.cpu_count()} CPUs, "
           f"{args.rounds} interleaved rounds of {args.seconds} s, {time.time() - started:.0f} s in all\n")
@@ -430,6 +499,10 @@ def main():
     if fixed:
         print("\nAt a fixed 20,000 connections/s:\n")
         print(summarize(fixed, fixed_rate=True))
+    if latency:
+        print("\nconnect() latency with policy rules (none match, so each connect walks all of them), "
+              "in a cgroup of its own:\n")
+        print(latency_table(*latency))
     if mem:
         mb = lambda kb: "%.1f MB" % (kb / 1024)
         print(f"\nsockflow memory (RSS; the 4 MiB ring buffer is mapped twice and counts 8 MB of it):\n")

@@ -7,6 +7,8 @@
  *         close client, close server
  *   storm -m listen ...   per cycle: socket, bind 127.0.0.1:0, listen, close
  *   storm -m udp    ...   per cycle: send one datagram, receive it
+ *   storm -m latency -n N times each connect() of N loopback connections; prints
+ *                         latency_median_ns, latency_p90_ns, latency_p99_ns too
  *   storm -m hold -n N    opens N connected pairs (2N flows), prints "holding N",
  *                         keeps them until stdin closes, then closes them all
  *
@@ -173,6 +175,42 @@ static void *udp_worker(void *arg)
 	return NULL;
 }
 
+static int cmp_long(const void *a, const void *b)
+{
+	long x = *(const long *)a, y = *(const long *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+/* connect() latency: each call timed on its own, over n connections. */
+static int latency(long n)
+{
+	int port, lfd = listener_on("127.0.0.1", &port);
+	struct sockaddr_in dst = { .sin_family = AF_INET, .sin_port = htons(port) };
+	long *ns = calloc(n, sizeof(long)), done = 0;
+
+	inet_pton(AF_INET, "127.0.0.1", &dst.sin_addr);
+	for (long i = 0; i < n; i++) {
+		int c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), a;
+		double t0 = now(), t1;
+
+		if (connect(c, (struct sockaddr *)&dst, sizeof(dst))) {
+			atomic_fetch_add(&errors, 1);
+			close(c);
+			continue;
+		}
+		t1 = now();
+		a = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+		ns[done++] = (long)((t1 - t0) * 1e9);
+		close(c);
+		close(a);
+	}
+	qsort(ns, done, sizeof(long), cmp_long);
+	printf("mode=latency cycles=%ld errors=%ld latency_median_ns=%ld latency_p90_ns=%ld latency_p99_ns=%ld\n", done,
+	       atomic_load(&errors), done ? ns[done / 2] : 0, done ? ns[done * 9 / 10] : 0, done ? ns[done * 99 / 100] : 0);
+	return 0;
+}
+
 /* One worker's share of `hold`: n connected pairs until `release` reaches EOF. */
 static void hold_worker(long n, int ready, int release)
 {
@@ -281,6 +319,8 @@ int main(int argc, char **argv)
 		threads = 1;
 	if (!strcmp(mode, "hold"))
 		return hold(cycles);
+	if (!strcmp(mode, "latency"))
+		return latency(cycles);
 	fn = !strcmp(mode, "listen") ? listen_worker : !strcmp(mode, "udp") ? udp_worker : conn_worker;
 	alarm((unsigned)max_seconds + 30); /* bounded, whatever happens */
 	t0 = now();
