@@ -313,7 +313,11 @@ public struct PolicyParser {
             p.cgroup = try items.map { item in
                 let path = try string(item, "a cgroup")
                 switch environment.cgroup(path) {
-                case .success(let x): return x
+                case .success(let x):
+                    guard x.level < 16 else {
+                        throw error(item, "cgroup '\(path)' is \(x.level) levels deep; rules can match at most 15")
+                    }
+                    return x
                 case .failure(let f): throw error(item, "cgroup '\(path)': \(f.message)")
                 }
             }
