@@ -30,7 +30,7 @@ help:
 
 # Packages a fresh Debian 12 lacks. clang: any clang that targets BPF will do
 # (the Swift toolchain's does); Debian's is installed only when none does.
-APT_PACKAGES := libbpf-dev libelf-dev zlib1g-dev pkg-config bpftool iproute2
+APT_PACKAGES := libbpf-dev libelf-dev zlib1g-dev pkg-config bpftool iproute2 curl jq
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do \
 		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; done; \

@@ -63,7 +63,7 @@ let package = Package(
             swiftSettings: swiftSettings),
         // Integration tests: root, real BPF programs, real processes and sockets.
         .testTarget(
-            name: "SockFlowIntegrationTests", dependencies: ["SockFlowCore"],
+            name: "SockFlowIntegrationTests", dependencies: ["SockFlowCore", "SockFlow"],
             swiftSettings: swiftSettings),
     ]
 )

@@ -41,6 +41,8 @@ public struct MonitorConfiguration: Sendable {
 
 public enum StopReason: String, Sendable {
     case signal, count, duration, requested
+    /// `sockflow run`: the command exited.
+    case exited
     case outputClosed = "output_closed"
 }
 
@@ -62,6 +64,11 @@ public final class Monitor: @unchecked Sendable {
     private var activePolicy: Policy?
     private var enforcer: PolicyEnforcer!
     private var inotifyFD: Int32 = -1
+    /// `sockflow run`: the command, by pidfd; signals go to it and its exit stops the run.
+    private var childPidFD: Int32 = -1
+    private var signalsForwarded = 0
+    /// The command's exit status (128 + signal if a signal ended it).
+    public private(set) var childStatus: Int32?
     private var policyName = ""
 
     /// Loads and attaches; records flow once `run()` starts. Throws a `BPFError`
@@ -159,6 +166,13 @@ public final class Monitor: @unchecked Sendable {
         }
     }
 
+    /// Watches a command started for this run: SIGINT and SIGTERM go to it (a
+    /// third one kills it), and its exit ends the run.
+    public func watchChild(pidfd: Int32) throws {
+        childPidFD = pidfd
+        try watch(pidfd, tag: 5)
+    }
+
     /// Stops `run()` from any thread.
     public func requestStop() {
         var one: UInt64 = 1
@@ -216,7 +230,21 @@ public final class Monitor: @unchecked Sendable {
                 case 2:
                     var info = signalfd_siginfo()
                     while read(signalFD, &info, MemoryLayout<signalfd_siginfo>.size) > 0 {
-                        if info.ssi_signo == UInt32(SIGHUP) { reloadPolicy() } else { reason = .signal }
+                        if info.ssi_signo == UInt32(SIGHUP) {
+                            reloadPolicy()
+                        } else if childPidFD >= 0 {
+                            signalsForwarded += 1
+                            _ = sockflow_pidfd_send_signal(childPidFD, signalsForwarded >= 3 ? SIGKILL : Int32(info.ssi_signo))
+                        } else {
+                            reason = .signal
+                        }
+                    }
+                case 5:
+                    var info = siginfo_t()
+                    if waitid(P_PIDFD, id_t(childPidFD), &info, WEXITED | WNOHANG) == 0, info._sifields._sigchld.si_pid != 0 {
+                        let status = info._sifields._sigchld.si_status
+                        childStatus = info.si_code == CLD_EXITED ? status : 128 + status
+                        reason = .exited
                     }
                 case 4:
                     if policyFileChanged() { reloadPolicy() }
@@ -319,7 +347,7 @@ public final class Monitor: @unchecked Sendable {
                 ("reconciled_flows", reconciler.removed),
                 ("open_flows", UInt64(builder.table.count)),
                 ("policy_records", builder.policyRecords),
-            ])
+            ] + (childStatus.map { [("exit_status", UInt64($0))] } ?? []))
         _ = output.flush()
         _ = summaryWriter?.flush()
     }

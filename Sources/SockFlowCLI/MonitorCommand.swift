@@ -189,8 +189,10 @@ struct MonitorCommand: ParsableCommand {
 
 enum CLIError {
     /// One line on stderr: `sockflow: <what failed>: <why> (<what to do>)`.
-    static func report(_ error: Error) {
-        let line = "sockflow: \(error)\n"
+    static func report(_ error: Error) { report("\(error)") }
+
+    static func report(_ message: String) {
+        let line = "sockflow: \(message)\n"
         var bytes = Array(line.utf8)
         _ = bytes.withUnsafeMutableBytes { write(2, $0.baseAddress, $0.count) }
     }

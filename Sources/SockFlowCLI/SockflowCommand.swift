@@ -13,7 +13,7 @@ public struct SockflowCommand: ParsableCommand {
             kernel with BTF (Linux 5.11 or newer).
             """,
         version: SockFlowVersion.version,
-        subcommands: [MonitorCommand.self, PolicyCommand.self])
+        subcommands: [MonitorCommand.self, RunCommand.self, PolicyCommand.self])
 
     public init() {}
 }

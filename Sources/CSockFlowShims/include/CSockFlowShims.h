@@ -27,6 +27,18 @@ int sockflow_setns(int fd, int nstype);
 /* vasprintf(3) (GNU): formats a libbpf message of any length. *out is malloc'ed. */
 int sockflow_vasprintf(char **out, const char *format, va_list args);
 
+/* Starts argv[0] (searched in PATH) as a new process born in the cgroup
+ * `cgroup_fd` (clone3 with CLONE_INTO_CGROUP: it is never outside it, not even
+ * for its first instruction). In the child: the signal mask is emptied and
+ * SIGPIPE, SIGINT, SIGTERM reset to default (the parent blocks them for its
+ * signalfd), stdout goes to `stdout_fd` when it is >= 0, then execvp. On success
+ * returns 0 and sets *pid and *pidfd; on failure returns -errno (ENOENT: no such
+ * command, reported by the child through a close-on-exec pipe). */
+int sockflow_spawn_in_cgroup(int cgroup_fd, char *const argv[], int stdout_fd, int *pid, int *pidfd);
+
+/* pidfd_send_signal(2). */
+int sockflow_pidfd_send_signal(int pidfd, int sig);
+
 /* CLONE_NEWNET, which sched.h defines only under _GNU_SOURCE. */
 int sockflow_clone_newnet(void);
 
