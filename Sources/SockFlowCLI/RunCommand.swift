@@ -83,8 +83,7 @@ struct RunCommand: ParsableCommand {
         if let output {
             outFD = open(output, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
             guard outFD >= 0 else {
-                CLIError.report("open \(output): \(FileIO.errnoText(errno))")
-                return 1
+                return fail("open \(output): \(FileIO.errnoText(errno))", status: 1)
             }
         } else if reportFD != nil {
             outFD = open("/dev/null", O_WRONLY | O_CLOEXEC)  // --until without --output: the rest is not kept
@@ -102,9 +101,7 @@ struct RunCommand: ParsableCommand {
         do {
             run = try CommandRun(c, output: sink)
         } catch {
-            CLIError.report(error)
-            if let reportFD { report(reportFD, "error \(error)") }
-            return 127
+            return fail("\(error)", status: 127)
         }
         let status = try run.run()
         if let u = sink as? UntilListen { u.commandExited(status: status, seen: run.monitor.builder.flowRecords) }
@@ -157,8 +154,9 @@ struct RunCommand: ParsableCommand {
             CLIError.report("\(command[0]) exited with status \(status) before it listened\(until?.port.map { " on port \($0)" } ?? "") (\(seen) flow records seen)")
             return status == 0 ? 1 : status
         case let l? where l.hasPrefix("error "):
-            CLIError.report(String(l.dropFirst(6)))
-            return 127
+            let parts = l.split(separator: " ", maxSplits: 2)
+            CLIError.report(parts.count > 2 ? String(parts[2]) : l)
+            return parts.count > 1 ? Int32(parts[1]) ?? 1 : 1
         case nil where timeout != nil:
             kill(child, SIGTERM)
             CLIError.report("timeout: \(command[0]) did not listen\(until?.port.map { " on port \($0)" } ?? "") within \(timeout!) s; it was stopped")
@@ -192,6 +190,13 @@ struct RunCommand: ParsableCommand {
             if c == 0x0a { return String(decoding: bytes, as: UTF8.self) }
             bytes.append(c)
         }
+    }
+
+    /// An error before the command runs: the relay prints it when there is one
+    /// (once, as its own), else it goes to stderr.
+    func fail(_ message: String, status: Int32) -> Int32 {
+        if let reportFD { report(reportFD, "error \(status) \(message)") } else { CLIError.report(message) }
+        return status
     }
 
     func report(_ fd: Int32, _ line: String) {

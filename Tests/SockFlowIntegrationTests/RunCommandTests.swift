@@ -45,9 +45,9 @@ struct RunCommandTests {
         #expect(leftoverCgroups().isEmpty)
     }
 
-    @Test("a command that cannot start: exit 127, one error line, no cgroup left")
-    func cannotStart() throws {
-        let run = try SockflowRun(["run", "--", "/nonexistent/command"], waitForStart: false)
+    @Test("a command that cannot start: exit 127, one error line, no cgroup left", arguments: [[], ["--until", "listen"]])
+    func cannotStart(until: [String]) throws {
+        let run = try SockflowRun(["run"] + until + ["--", "/nonexistent/command"], waitForStart: false)
         #expect(run.waitForExit() == 127)
         #expect(run.err.snapshot == ["sockflow: start /nonexistent/command: command not found"])
         #expect(leftoverCgroups().isEmpty)
