@@ -477,6 +477,10 @@ def main():
                 row.update(round=rnd, block="main")
                 rows.append(row)
                 print(f"  {scenario} round {rnd + 1} {row['monitor']}: {row['storm']['rate']:.0f}/s", file=sys.stderr)
+    latency = None if args.no_latency else connect_latency(args.rounds, workdir)
+    mem = memory(args.soak, workdir) if args.soak > 0 else None
+    # Last: once audit has been enabled it stays on for every new task until reboot.
+    consumer = consumer_bench() if os.access(os.path.join(REPO, ".build", "release", "sockflow-bench"), os.X_OK) else None
     if not args.no_auditd and shutil.which("auditd"):
         for scenario in [s for s in scenarios if s in ("conn1", "conn2")]:
             for rnd in range(args.rounds):
@@ -485,9 +489,6 @@ def main():
                     row.update(round=rnd, block="audit")
                     rows.append(row)
                     print(f"  {scenario} audit round {rnd + 1} {row['monitor']}: {row['storm']['rate']:.0f}/s", file=sys.stderr)
-    latency = None if args.no_latency else connect_latency(args.rounds, workdir)
-    mem = memory(args.soak, workdir) if args.soak > 0 else None
-    consumer = consumer_bench() if os.access(os.path.join(REPO, ".build", "release", "sockflow-bench"), os.X_OK) else None
     shutil.rmtree(workdir, ignore_errors=True)
     with open(args.json, "w") as f:
         json.dump({"rows": rows, "memory": mem, "consumer": consumer, "latency": latency and latency[0]}, f, indent=1)
@@ -511,6 +512,9 @@ def main():
         print("|---|---|---|---|---|---|")
         print(f"| {mb(mem['rest_kb'])} | {mb(mem['flows_100k_kb'])} | {mb(mem['after_close_kb'])} | "
               f"{mb(mem['churn_min_kb'])} – {mb(mem['churn_max_kb'])} | {mb(mem['peak_kb'])} | {mem['lost']} |")
+        n = max(1, len(mem["churn_samples"]) // 10)
+        print(f"\nDuring the churn ({mem['churn_cycles']:,} connections): RSS max over the first tenth "
+              f"{mb(max(mem['churn_samples'][:n]))}, over the last tenth {mb(max(mem['churn_samples'][-n:]))}.")
     if consumer:
         print(f"\nConsumer without the kernel (decode + flow table + owner + JSON + write to /dev/null), "
               f"one core: {consumer.split(': ', 1)[1]}")
