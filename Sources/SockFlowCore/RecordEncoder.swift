@@ -127,7 +127,6 @@ public enum RecordEncoder {
         b.append(UInt8(ascii: "}"))
     }
 
-    @inline(__always)
     /// The flow of a policy decision, as far as it exists: no socket cookie for a
     /// dropped packet, no local endpoint before bind, no endpoints at socket().
     static func policyFlow(_ f: Flow, hook: Policy.Hook?, into b: inout ByteBuffer) {
@@ -156,6 +155,7 @@ public enum RecordEncoder {
         b.append(UInt8(ascii: "}"))
     }
 
+    @inline(__always)
     static func process(_ p: ProcessRecord, into b: inout ByteBuffer) {
         let inst = p.instance
         inst.head.withUnsafeBytes { b.append($0) }
