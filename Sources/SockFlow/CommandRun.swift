@@ -112,20 +112,29 @@ public final class CommandRun: @unchecked Sendable {
 
     final class Counter: @unchecked Sendable {
         private var value = 0
-        private let lock = NSLockish()
+        private let lock = PthreadMutex()
         func next() -> Int { lock.with { value += 1; return value } }
     }
     static let counter = Counter()
 }
 
-/// A minimal mutex (pthread), so the engine needs no Foundation.
-final class NSLockish: @unchecked Sendable {
-    private var m = pthread_mutex_t()
-    init() { pthread_mutex_init(&m, nil) }
-    deinit { pthread_mutex_destroy(&m) }
+/// A minimal mutex (pthread), so the engine needs no Foundation. The mutex lives
+/// in memory of its own: a pthread mutex must not move, and `&property` promises
+/// no stable address.
+final class PthreadMutex: @unchecked Sendable {
+    private let m: UnsafeMutablePointer<pthread_mutex_t>
+    init() {
+        m = .allocate(capacity: 1)
+        m.initialize(to: pthread_mutex_t())
+        pthread_mutex_init(m, nil)
+    }
+    deinit {
+        pthread_mutex_destroy(m)
+        m.deallocate()
+    }
     func with<T>(_ body: () throws -> T) rethrows -> T {
-        pthread_mutex_lock(&m)
-        defer { pthread_mutex_unlock(&m) }
+        pthread_mutex_lock(m)
+        defer { pthread_mutex_unlock(m) }
         return try body()
     }
 }

@@ -85,7 +85,7 @@ public final class FlowRun: @unchecked Sendable {
     public var records: [Record] { collector.snapshot.records }
 
     /// The command's exit status once it has exited (128 + signal when a signal ended it).
-    public var exitStatus: Int32? { collector.snapshot.status }
+    public var exitStatus: Int32? { collector.exitStatus }
 
     /// The run's records from the first, then as they come; ends when the run does.
     /// Each access is a new sequence.
@@ -129,9 +129,9 @@ public final class FlowRun: @unchecked Sendable {
     /// to end and returns every record of it, in order.
     @discardableResult
     public func stop(grace: Double = 5) async throws -> [Record] {
-        if collector.snapshot.status == nil { kill(pid, SIGTERM) }
+        if collector.exitStatus == nil { kill(pid, SIGTERM) }
         let deadline = WallClock.boottime() + UInt64(grace * 1e9)
-        while collector.snapshot.status == nil {
+        while collector.exitStatus == nil {
             if WallClock.boottime() > deadline { kill(pid, SIGKILL) }
             try await Task.sleep(nanoseconds: 10_000_000)
         }
@@ -141,14 +141,14 @@ public final class FlowRun: @unchecked Sendable {
     /// Waits for the command to exit by itself; its status.
     public func wait() async throws -> Int32 {
         while true {
-            if let s = collector.snapshot.status { return s }
+            if let s = collector.exitStatus { return s }
             try await Task.sleep(nanoseconds: 10_000_000)
         }
     }
 
     /// Receives records on the event loop's thread; hands them to streams.
     final class Collector: FlushingRecordSink, @unchecked Sendable {
-        private let lock = NSLockish()
+        private let lock = PthreadMutex()
         private var records: [Record] = []
         private var status: Int32?
         private var finished = false
@@ -174,6 +174,8 @@ public final class FlowRun: @unchecked Sendable {
         }
 
         var snapshot: (records: [Record], status: Int32?) { lock.with { (records, status) } }
+        /// The exit status once the run ended, without copying the records.
+        var exitStatus: Int32? { lock.with { status } }
 
         func stream() -> AsyncStream<Record> {
             let (stream, continuation) = AsyncStream.makeStream(of: Record.self, bufferingPolicy: .unbounded)
