@@ -81,24 +81,31 @@ static void pace(long i, double start)
 		usleep((useconds_t)((due - t) * 1e6));
 }
 
+/* A listener on each of 127.0.0.1..DESTS, and the address to connect to it. */
+static void listen_on_destinations(int lfd[DESTS], struct sockaddr_in dst[DESTS])
+{
+	for (int d = 0; d < DESTS; d++) {
+		char ip[32];
+		int port;
+
+		snprintf(ip, sizeof(ip), "127.0.0.%d", d + 1);
+		lfd[d] = listener_on(ip, &port);
+		memset(&dst[d], 0, sizeof(dst[d]));
+		dst[d].sin_family = AF_INET;
+		dst[d].sin_port = htons(port);
+		inet_pton(AF_INET, ip, &dst[d].sin_addr);
+	}
+}
+
 static void *conn_worker(void *arg)
 {
-	int lfd[DESTS], port[DESTS];
+	int lfd[DESTS];
 	struct sockaddr_in dst[DESTS];
 	double start;
 	char b = 'x';
 	(void)arg;
 
-	for (int d = 0; d < DESTS; d++) {
-		char ip[32];
-
-		snprintf(ip, sizeof(ip), "127.0.0.%d", d + 1);
-		lfd[d] = listener_on(ip, &port[d]);
-		memset(&dst[d], 0, sizeof(dst[d]));
-		dst[d].sin_family = AF_INET;
-		dst[d].sin_port = htons(port[d]);
-		inet_pton(AF_INET, ip, &dst[d].sin_addr);
-	}
+	listen_on_destinations(lfd, dst);
 	start = now();
 	for (long i = 0; i < cycles && !atomic_load(&stop); i++) {
 		int d = i % DESTS;
@@ -214,20 +221,11 @@ static int latency(long n)
 /* One worker's share of `hold`: n connected pairs until `release` reaches EOF. */
 static void hold_worker(long n, int ready, int release)
 {
-	int lfd[DESTS], port[DESTS], *fds = calloc(2 * n, sizeof(int));
+	int lfd[DESTS], *fds = calloc(2 * n, sizeof(int));
 	struct sockaddr_in dst[DESTS];
 	char c = 'r';
 
-	for (int d = 0; d < DESTS; d++) {
-		char ip[32];
-
-		snprintf(ip, sizeof(ip), "127.0.0.%d", d + 1);
-		lfd[d] = listener_on(ip, &port[d]);
-		memset(&dst[d], 0, sizeof(dst[d]));
-		dst[d].sin_family = AF_INET;
-		dst[d].sin_port = htons(port[d]);
-		inet_pton(AF_INET, ip, &dst[d].sin_addr);
-	}
+	listen_on_destinations(lfd, dst);
 	for (long i = 0; i < n; i++) {
 		int d = i % DESTS;
 

@@ -670,6 +670,18 @@ static __always_inline bool cidrs_match(const struct sf_endpoint_match *m, const
 	return false;
 }
 
+/* Whether v is one of the first n of a rule's uids or gids. */
+static __always_inline bool id_in(const __u32 *ids, __u8 n, __u32 v)
+{
+	for (int j = 0; j < SF_RULE_IDS; j++) {
+		if (j >= n)
+			break;
+		if (ids[j] == v)
+			return true;
+	}
+	return false;
+}
+
 static __always_inline bool process_match(const struct sf_process_match *m, const struct sf_decision *d)
 {
 	if (m->fields & SF_PROC_EXE) {
@@ -701,34 +713,10 @@ static __always_inline bool process_match(const struct sf_process_match *m, cons
 		if (!hit)
 			return false;
 	}
-	if (m->fields & SF_PROC_UID) {
-		bool hit = false;
-
-		for (int j = 0; j < SF_RULE_IDS; j++) {
-			if (j >= m->nuid)
-				break;
-			if (m->uid[j] == d->uid) {
-				hit = true;
-				break;
-			}
-		}
-		if (!hit)
-			return false;
-	}
-	if (m->fields & SF_PROC_GID) {
-		bool hit = false;
-
-		for (int j = 0; j < SF_RULE_IDS; j++) {
-			if (j >= m->ngid)
-				break;
-			if (m->gid[j] == d->gid) {
-				hit = true;
-				break;
-			}
-		}
-		if (!hit)
-			return false;
-	}
+	if ((m->fields & SF_PROC_UID) && !id_in(m->uid, m->nuid, d->uid))
+		return false;
+	if ((m->fields & SF_PROC_GID) && !id_in(m->gid, m->ngid, d->gid))
+		return false;
 	if (m->fields & SF_PROC_CGROUP) {
 		bool hit = false;
 

@@ -274,7 +274,7 @@ public final class Monitor: @unchecked Sendable {
     /// --keep-existing) and say so in-band.
     private func applied(_ policy: Policy) {
         builder.clock.refresh()
-        try? ring.consume()  // records from before the swap come first
+        _ = try? ring.consume()  // records from before the swap come first
         let destroyed = configuration.keepExisting ? 0 : enforcer.enforce(policy).destroyed
         builder.emitPolicyStatus(PolicyStatus(
             loaded: true, file: configuration.policyPath ?? "", rules: policy.rules.count, error: nil, destroyed: destroyed))

@@ -205,8 +205,8 @@ public final class MonitorProgram {
         withUnsafeMutableBytes(of: &bss.pointee.policy_needs) { $0.storeBytes(of: needs, toByteOffset: next * 4, as: UInt32.self) }
         withUnsafeMutableBytes(of: &bss.pointee.policy_cgroup_depth) { $0.storeBytes(of: UInt32(depth), toByteOffset: next * 4, as: UInt32.self) }
         policies[next] = policy
-        // The flip: one aligned 4-byte store, after every map write above.
-        UnsafeMutableRawPointer(&bss.pointee.policy_generation).storeBytes(of: UInt32(next), as: UInt32.self)
+        // The flip: one aligned 4-byte store, ordered after every write above.
+        withUnsafeMutablePointer(to: &bss.pointee.policy_generation) { sockflow_store_release_u32($0, UInt32(next)) }
         generation = next
         if isAttached { try attachIngressIfNeeded() }
     }

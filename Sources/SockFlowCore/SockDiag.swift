@@ -67,23 +67,10 @@ public enum SockDiag {
 
     /// Closes a socket from outside, as `ss -K` does: its owner sees ECONNABORTED.
     public static func destroy(_ s: Socket) throws(Failure) {
-        let fd = socket(AF_NETLINK, Int32(SOCK_RAW.rawValue) | Int32(SOCK_CLOEXEC.rawValue), NETLINK_SOCK_DIAG)
-        guard fd >= 0 else { throw Failure(operation: "open a sock_diag socket", code: errno) }
+        let fd = try request(
+            type: SOCK_DESTROY, flags: NLM_F_ACK, family: s.family == .ipv4 ? UInt8(AF_INET) : UInt8(AF_INET6),
+            protocol: s.proto == .tcp ? UInt8(IPPROTO_TCP) : UInt8(IPPROTO_UDP), id: s.id, what: "SOCK_DESTROY")
         defer { close(fd) }
-        struct Request {
-            var nlh = nlmsghdr()
-            var req = inet_diag_req_v2()
-        }
-        var r = Request()
-        r.nlh.nlmsg_len = UInt32(MemoryLayout<Request>.size)
-        r.nlh.nlmsg_type = UInt16(SOCK_DESTROY)
-        r.nlh.nlmsg_flags = UInt16(NLM_F_REQUEST | NLM_F_ACK)
-        r.req.sdiag_family = s.family == .ipv4 ? UInt8(AF_INET) : UInt8(AF_INET6)
-        r.req.sdiag_protocol = s.proto == .tcp ? UInt8(IPPROTO_TCP) : UInt8(IPPROTO_UDP)
-        r.req.idiag_states = ~0
-        r.req.id = s.id
-        let sent = withUnsafeBytes(of: &r) { send(fd, $0.baseAddress, $0.count, 0) }
-        guard sent == MemoryLayout<Request>.size else { throw Failure(operation: "send SOCK_DESTROY", code: errno) }
         var buf = [UInt8](repeating: 0, count: 4096)
         let n = buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
         guard n >= MemoryLayout<nlmsghdr>.size + 4 else { throw Failure(operation: "read the SOCK_DESTROY answer", code: errno) }
@@ -91,24 +78,39 @@ public enum SockDiag {
         if code != 0 { throw Failure(operation: "destroy socket \(s.local) -> \(s.remote)", code: -code) }
     }
 
-    /// Walks an inet_diag dump of one family and protocol.
-    static func dump(family: UInt8, protocol proto: UInt8, _ each: (inet_diag_msg) -> Void) throws(Failure) {
+    /// Opens a sock_diag socket and sends one inet_diag request (all states) on it;
+    /// the caller reads the answer and closes the descriptor.
+    static func request(type: Int32, flags: Int32, family: UInt8, protocol proto: UInt8, id: inet_diag_sockid,
+                        what: String) throws(Failure) -> Int32 {
         let fd = socket(AF_NETLINK, Int32(SOCK_RAW.rawValue) | Int32(SOCK_CLOEXEC.rawValue), NETLINK_SOCK_DIAG)
         guard fd >= 0 else { throw Failure(operation: "open a sock_diag socket", code: errno) }
-        defer { close(fd) }
         struct Request {
             var nlh = nlmsghdr()
             var req = inet_diag_req_v2()
         }
         var r = Request()
         r.nlh.nlmsg_len = UInt32(MemoryLayout<Request>.size)
-        r.nlh.nlmsg_type = UInt16(SOCK_DIAG_BY_FAMILY)
-        r.nlh.nlmsg_flags = UInt16(NLM_F_REQUEST | NLM_F_DUMP)
+        r.nlh.nlmsg_type = UInt16(type)
+        r.nlh.nlmsg_flags = UInt16(NLM_F_REQUEST | flags)
         r.req.sdiag_family = family
         r.req.sdiag_protocol = proto
         r.req.idiag_states = ~0
+        r.req.id = id
         let sent = withUnsafeBytes(of: &r) { send(fd, $0.baseAddress, $0.count, 0) }
-        guard sent == MemoryLayout<Request>.size else { throw Failure(operation: "send a sock_diag dump request", code: errno) }
+        guard sent == MemoryLayout<Request>.size else {
+            let code = errno
+            close(fd)
+            throw Failure(operation: "send \(what)", code: code)
+        }
+        return fd
+    }
+
+    /// Walks an inet_diag dump of one family and protocol.
+    static func dump(family: UInt8, protocol proto: UInt8, _ each: (inet_diag_msg) -> Void) throws(Failure) {
+        let fd = try request(
+            type: SOCK_DIAG_BY_FAMILY, flags: NLM_F_DUMP, family: family, protocol: proto, id: inet_diag_sockid(),
+            what: "a sock_diag dump request")
+        defer { close(fd) }
         var buf = [UInt8](repeating: 0, count: 64 * 1024)
         while true {
             let n = buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }

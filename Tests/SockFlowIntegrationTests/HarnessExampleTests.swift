@@ -107,16 +107,8 @@ struct HarnessExampleTests {
 
     @Test("the same through the CLI, from a shell script (sockflow run --until listen)")
     func shellScript() throws {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/bin/bash")
-        p.arguments = [Paths.repo + "/Tests/harness/cli_example.sh", Paths.sockflow]
-        let pipe = Pipe()
-        p.standardOutput = pipe
-        p.standardError = pipe
-        try p.run()
-        let out = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        p.waitUntilExit()
-        #expect(p.terminationStatus == 0, "\(out)")
+        let (status, out) = try runTool("/bin/bash", [Paths.repo + "/Tests/harness/cli_example.sh", Paths.sockflow])
+        #expect(status == 0, "\(out)")
     }
 }
 }

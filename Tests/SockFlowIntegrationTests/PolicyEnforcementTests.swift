@@ -93,15 +93,9 @@ struct PolicyEnforcementTests {
         #expect(renamed.port == port)
         renamed.finish()
         // a copy of the binary elsewhere is another file: denied at bind
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/bin/sh")
-        p.arguments = ["-c", "echo $$ > '\(cg.path)/cgroup.procs' && exec '\(copy)' listen --port \(port)"]
-        let pipe = Pipe()
-        p.standardOutput = pipe
-        p.standardInput = FileHandle.nullDevice
-        try p.run()
-        let out = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        p.waitUntilExit()
+        let out = try runTool(
+            "/bin/sh", ["-c", "echo $$ > '\(cg.path)/cgroup.procs' && exec '\(copy)' listen --port \(port)"], stderr: false
+        ).output
         #expect(out.contains("errno=\(EPERM)"), "the copy's bind: \(out)")
         let deny = try run.waitFor("deny") { $0.event == "deny" }
         #expect(deny.string("hook") == "listen")
@@ -311,15 +305,7 @@ struct PolicyEnforcementTests {
     }
 
     func runUnload() throws -> String {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: Paths.sockflow)
-        p.arguments = ["policy", "unload"]
-        let pipe = Pipe()
-        p.standardOutput = pipe
-        try p.run()
-        let out = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        p.waitUntilExit()
-        return out
+        try runTool(Paths.sockflow, ["policy", "unload"], stderr: false).output
     }
 
     @Test("a bad policy at start: one error line with file:line:column, exit non-zero, nothing attached")

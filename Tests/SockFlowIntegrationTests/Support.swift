@@ -38,6 +38,22 @@ struct TestFailure: Error, CustomStringConvertible {
     init(_ d: String) { description = d }
 }
 
+/// Runs a program to its end, stdin from /dev/null: its exit status and what it
+/// wrote to stdout (and to stderr, with `stderr: true`).
+func runTool(_ path: String, _ arguments: [String], stderr: Bool = true) throws -> (status: Int32, output: String) {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: path)
+    p.arguments = arguments
+    let pipe = Pipe()
+    p.standardOutput = pipe
+    if stderr { p.standardError = pipe }
+    p.standardInput = FileHandle.nullDevice
+    try p.run()
+    let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    p.waitUntilExit()
+    return (p.terminationStatus, output)
+}
+
 typealias JSON = [String: Any]
 
 extension Dictionary where Key == String, Value == Any {
@@ -230,18 +246,8 @@ enum SchemaValidator {
         defer { try? FileManager.default.removeItem(at: dir) }
         let file = dir.appendingPathComponent("records.jsonl")
         try (lines.joined(separator: "\n") + "\n").write(to: file, atomically: true, encoding: .utf8)
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = ["python3", Paths.validator, Paths.schema, file.path]
-        let pipe = Pipe()
-        p.standardOutput = pipe
-        p.standardError = pipe
-        try p.run()
-        let output = pipe.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        if p.terminationStatus != 0 {
-            throw TestFailure("records do not match the schema:\n" + String(decoding: output, as: UTF8.self))
-        }
+        let (status, output) = try runTool("/usr/bin/env", ["python3", Paths.validator, Paths.schema, file.path])
+        if status != 0 { throw TestFailure("records do not match the schema:\n" + output) }
     }
 }
 
@@ -398,16 +404,8 @@ final class TestNetns: @unchecked Sendable {
 
     @discardableResult
     static func ip(_ args: [String]) throws -> String {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = ["ip"] + args
-        let pipe = Pipe()
-        p.standardOutput = pipe
-        p.standardError = pipe
-        try p.run()
-        let out = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        p.waitUntilExit()
-        guard p.terminationStatus == 0 else { throw TestFailure("ip \(args.joined(separator: " ")): \(out)") }
+        let (status, out) = try runTool("/usr/bin/env", ["ip"] + args)
+        guard status == 0 else { throw TestFailure("ip \(args.joined(separator: " ")): \(out)") }
         return out
     }
 }

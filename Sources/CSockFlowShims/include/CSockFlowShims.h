@@ -39,6 +39,13 @@ int sockflow_spawn_in_cgroup(int cgroup_fd, char *const argv[], int stdout_fd, i
 /* pidfd_send_signal(2). */
 int sockflow_pidfd_send_signal(int pidfd, int sig);
 
+/* A 4-byte store with release ordering: every store before it (the BPF .bss
+ * fields of a policy generation) is visible to the kernel before this one. */
+static inline void sockflow_store_release_u32(uint32_t *p, uint32_t v)
+{
+	__atomic_store_n(p, v, __ATOMIC_RELEASE);
+}
+
 /* CLONE_NEWNET, which sched.h defines only under _GNU_SOURCE. */
 int sockflow_clone_newnet(void);
 
