@@ -34,7 +34,7 @@ help:
 
 # Packages a fresh Debian 12 lacks. clang: any clang that targets BPF will do
 # (the Swift toolchain's does); Debian's is installed only when none does.
-APT_PACKAGES := libbpf-dev libelf-dev zlib1g-dev pkg-config bpftool iproute2 curl jq
+APT_PACKAGES := libbpf-dev libelf-dev zlib1g-dev pkg-config bpftool iproute2 curl jq python3 gcc libc6-dev
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do \
 		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; done; \
@@ -43,8 +43,12 @@ deps:
 		echo "installing:$$missing"; \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
 	fi
-	@# the tests validate records against docs/record.schema.json with python's jsonschema
-	@python3 -c 'import jsonschema' 2>/dev/null || python3 -m pip install -q jsonschema
+	@# the tests validate records against docs/record.schema.json with python's jsonschema:
+	@# Debian's package for Debian's python3, pip for any other python3 on the PATH
+	@python3 -c 'import jsonschema' 2>/dev/null || \
+		{ [ "$$(command -v python3)" = /usr/bin/python3 ] && \
+		  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq python3-jsonschema >/dev/null; } || \
+		python3 -m pip install -q jsonschema
 
 $(OUT)/sockflow.bpf.o: bpf/sockflow.bpf.c bpf/vmlinux_min.h $(ABI) | deps
 	@mkdir -p $(OUT)
