@@ -9,7 +9,7 @@ _Static_assert(sizeof(struct sf_hdr) == 24, "struct sf_hdr changed size");
 _Static_assert(sizeof(struct sf_sock) == 56, "struct sf_sock changed size");
 _Static_assert(sizeof(struct sf_task) == 120, "struct sf_task changed size");
 _Static_assert(sizeof(struct sf_event) == 256, "struct sf_event changed size");
-_Static_assert(sizeof(struct sf_flow_state) == 48, "struct sf_flow_state changed size");
+_Static_assert(sizeof(struct sf_flow_state) == 64, "struct sf_flow_state changed size");
 _Static_assert(sizeof(struct sf_listener_key) == 24, "struct sf_listener_key changed size");
 _Static_assert(offsetof(struct sf_event, sock) == 24, "sf_event.sock moved");
 _Static_assert(offsetof(struct sf_event, task) == 80, "sf_event.task moved");

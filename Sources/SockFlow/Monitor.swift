@@ -87,10 +87,10 @@ public final class Monitor: @unchecked Sendable {
             policy = try PolicyParser.load(path: path)  // before anything is loaded: a bad policy changes nothing
             options.policy = PolicyCompiler.compile(policy!)
         }
-        // A little more room in the kernel than in user space: when flows overflow,
+        // At least as many kernel slots as user-space flows: when flows overflow,
         // the user-space table does first (and says so in-band) while the kernel
-        // still reports the closes of the flows it could not keep.
-        options.flowCapacity = configuration.flowTableLimit + configuration.flowTableLimit / 8 + 64
+        // still names the owners in the closes of the flows user space could not keep.
+        options.flowCapacity = configuration.flowTableLimit
         self.program = try MonitorProgram.start(options)
         var filter = RecordFilter()
         if !configuration.pids.isEmpty { filter.pids = Set(configuration.pids) }

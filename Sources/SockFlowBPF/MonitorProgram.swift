@@ -25,7 +25,9 @@ public final class MonitorProgram {
         public var wakeupBytes: UInt64? = nil
         /// Only flows with one of these local or remote ports (kernel side).
         public var ports: [UInt16] = []
-        /// Sockets the kernel tracks at once (its preallocated flow table).
+        /// Connections the kernel keeps a slot for: rounded up to a power of two.
+        /// A connection that outlives this many newer sockets loses its slot, and
+        /// its close names only what user space kept of it.
         public var flowCapacity: Int = 1 << 17
         /// A policy to enforce: the enforcement programs load and attach only then.
         public var policy: CompiledPolicy? = nil
@@ -100,8 +102,15 @@ public final class MonitorProgram {
 
     /// Records the kernel could not reserve since load (read from the mmapped .bss).
     public var lostTotal: UInt64 { volatileLoad(&skel.pointee.bss.pointee.lost_total) }
-    /// Sockets the kernel's flow table had no room for: no established/close for them.
+    /// Listeners the kernel's listener table had no room for: no close for them.
     public var untrackedSockets: UInt64 { volatileLoad(&skel.pointee.bss.pointee.untracked_sockets) }
+
+    /// The power of two of slots at or above `capacity` (64 ... 2^24).
+    static func connectionSlots(_ capacity: Int) -> UInt32 {
+        var slots: UInt32 = 64
+        while Int(slots) < capacity, slots < 1 << 24 { slots <<= 1 }
+        return slots
+    }
 
     private func volatileLoad(_ p: UnsafeMutablePointer<UInt64>) -> UInt64 {
         UnsafeRawPointer(p).withMemoryRebound(to: UInt64.self, capacity: 1) { $0.pointee }
@@ -127,14 +136,14 @@ public final class MonitorProgram {
                            hint: "must be a power of two and at least \(getpagesize()) bytes")
         }
         try check(bpf_map__set_max_entries(skel.pointee.maps.events, UInt32(size)), "set the ring buffer size")
-        try check(
-            bpf_map__set_max_entries(skel.pointee.maps.flows, UInt32(clamping: max(options.flowCapacity, 64))),
-            "size the kernel's flow table")
+        let slots = Self.connectionSlots(options.flowCapacity)
+        try check(bpf_map__set_max_entries(skel.pointee.maps.conns, slots), "size the kernel's connection table")
         var cfg = sf_config()
         cfg.wakeup_interval_ns = options.wakeupIntervalNanoseconds
         cfg.wakeup_bytes = options.wakeupBytes ?? UInt64(size / 4)
         cfg.filter_ports = options.ports.isEmpty ? 0 : 1
         cfg.filter_cgroup = options.cgroupPath == nil ? 0 : 1
+        cfg.conns_mask = slots - 1
         skel.pointee.rodata.pointee.cfg = cfg
     }
 

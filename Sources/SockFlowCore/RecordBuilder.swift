@@ -224,6 +224,7 @@ public final class RecordBuilder {
             owner = processes.record(for: ev.task)
         } else {
             owner = processes.owner(ev.task)
+            if owner == nil, ev.listener_cookie != 0 { owner = table.owner(of: ev.listener_cookie) }
         }
         if action == .log, ev.sock.cookie != 0 { flowVerdicts[ev.sock.cookie] = verdict }
         let now = clock.wallTime(bootNanoseconds: ev.hdr.ts_ns)
@@ -391,8 +392,10 @@ public final class RecordBuilder {
             owner = processes.owner(e.pointee.task)  // not in the table: lost or overflowed
         }
         let end = e.pointee.hdr.ts_ns
+        // The kernel's start, or, when the connection's slot was taken, ours.
+        let start = e.pointee.start_ns != 0 ? e.pointee.start_ns : entry?.since ?? 0
         var details = CloseDetails(
-            durationNanoseconds: end >= e.pointee.start_ns && e.pointee.start_ns != 0 ? end - e.pointee.start_ns : 0,
+            durationNanoseconds: end >= start && start != 0 ? end - start : 0,
             bytesIn: nil, bytesOut: nil,
             reason: Self.closeReason(
                 role: role, oldState: e.pointee.tcp_state, skErr: Int32(e.pointee.sk_err),

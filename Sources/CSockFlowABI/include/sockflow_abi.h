@@ -123,16 +123,20 @@ struct sf_event {
 	__u8 pad[4];
 };
 
-/* What the BPF side keeps per tracked socket, in a preallocated hash keyed by the
- * socket cookie (no allocation per socket): what a close record needs. */
+/* What the BPF side keeps per tracked socket, keyed by the socket cookie, so a
+ * close (or a verdict on a listener's SYN) can name what the record that opened
+ * the flow named, even when that record was lost. Connections live in a direct-
+ * mapped array (slot = cookie & conns_mask: no hashing, no locks, no allocation);
+ * listeners in a small hash. */
 struct sf_flow_state {
+	__u64 cookie;          /* whose slot this is: a slot a newer socket took is not ours */
 	__u64 listener_cookie; /* inbound: the listener the flow came from, 0 if unknown */
 	__u64 start_ns;        /* listen, connect, or inbound handshake */
 	__u32 pid;             /* listener, outbound: the owner, so a close can name it */
 	__u32 tid;             /* even when the record that named it was lost           */
 	char comm[SF_COMM_LEN];
 	__u8 role;             /* enum sf_role */
-	__u8 pad[7];
+	__u8 pad[15];          /* one cache line per slot */
 };
 
 /* Listeners by where they listen, so a new inbound flow finds its listener:
@@ -271,6 +275,8 @@ struct sf_config {
 	__u64 wakeup_bytes;       /* ... or when this much data waits in the ring        */
 	__u32 filter_ports;       /* 1: only flows with a local or remote port in `ports` */
 	__u32 filter_cgroup;      /* 1: tracepoints only for tasks under `scope`[0]       */
+	__u32 conns_mask;         /* slots in `conns` - 1 (a power of two)                */
+	__u32 pad;
 };
 
 #endif /* SOCKFLOW_ABI_H */
