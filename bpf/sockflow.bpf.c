@@ -82,15 +82,32 @@ struct {
 	__type(value, __u64);
 } reuseport_parents SEC(".maps");
 
-/* Process instances seen recently (tgid -> start time ^ exec count). The first
- * record of an instance wakes the reader at once, so it reads /proc while a
- * short-lived process (curl, a script) still exists. */
+/* Process instances seen recently, direct-mapped by tgid (tgid & 16383): the
+ * first record of an instance wakes the reader at once, so it reads /proc while
+ * a short-lived process (curl, a script) still exists. Two processes that share
+ * a slot only cost each other an early wakeup. */
+struct sf_proc_seen {
+	__u32 pid;
+	__u32 pad;
+	__u64 instance; /* start time ^ exec count << 48 */
+};
+
+#define SF_PROC_SLOTS 16384
+
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 16384);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, SF_PROC_SLOTS);
 	__type(key, __u32);
-	__type(value, __u64);
+	__type(value, struct sf_proc_seen);
 } procs SEC(".maps");
+
+/* Records each CPU submitted since it last looked at how full the ring is. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} since_query SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -118,14 +135,20 @@ static __always_inline bool port_selected(__u16 lport, __u16 rport)
  * Waking the reader on every record costs the producer 2-3x (research/perf-anchors). */
 static __always_inline __u64 wakeup_flags(__u64 now)
 {
+	__u32 zero = 0, *n;
+
 	if (!cfg.wakeup_interval_ns)
 		return 0;
-	if (now - last_wakeup_ns >= cfg.wakeup_interval_ns ||
-	    bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= cfg.wakeup_bytes) {
-		last_wakeup_ns = now;
-		return BPF_RB_FORCE_WAKEUP;
-	}
+	if (now - last_wakeup_ns >= cfg.wakeup_interval_ns)
+		goto wake;
+	/* how full the ring is costs a helper call: asked every 16th record per CPU */
+	n = bpf_map_lookup_elem(&since_query, &zero);
+	if (n && (++*n & 15) == 0 && bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= cfg.wakeup_bytes)
+		goto wake;
 	return BPF_RB_NO_WAKEUP;
+wake:
+	last_wakeup_ns = now;
+	return BPF_RB_FORCE_WAKEUP;
 }
 
 static __always_inline struct sf_event *reserve_at(__u16 kind, __u64 now)
@@ -160,20 +183,22 @@ static __always_inline void submit(struct sf_event *e)
 static __always_inline void submit_with_task(struct sf_event *e)
 {
 	__u64 instance = e->task.start_ns ^ (e->task.exec_id << 48);
-	__u64 *seen = bpf_map_lookup_elem(&procs, &e->task.pid);
+	__u32 slot = e->task.pid & (SF_PROC_SLOTS - 1);
+	struct sf_proc_seen *seen = bpf_map_lookup_elem(&procs, &slot);
 
-	if (seen && *seen == instance) {
+	if (!seen || (seen->pid == e->task.pid && seen->instance == instance)) {
 		submit(e);
 		return;
 	}
-	bpf_map_update_elem(&procs, &e->task.pid, &instance, BPF_ANY);
+	seen->pid = e->task.pid;
+	seen->instance = instance;
 	if (cfg.wakeup_interval_ns)
 		last_wakeup_ns = e->hdr.ts_ns;
 	bpf_ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
 }
 
 /* The current task, in process context only. */
-static __always_inline void fill_task(struct sf_task *t)
+static __noinline void fill_task(struct sf_task *t)
 {
 	struct task_struct *task = bpf_get_current_task_btf();
 	struct task_struct *leader = task->group_leader;
@@ -202,45 +227,63 @@ static __always_inline void fill_task(struct sf_task *t)
 	}
 }
 
+/* A TCP socket's identity and endpoints, read from the socket itself. One copy
+ * of this code serves every hook (__noinline): the sockops program runs ~17
+ * times per connection between long stretches of TCP code, and what it costs
+ * is mostly instruction-cache misses, so its size matters more than a call. */
+static __noinline void fill_sock(struct sf_sock *s, struct sock *sk)
+{
+	struct sock_common *skc;
+	__u16 family;
+
+	if (!sk)
+		return;
+	skc = &sk->__sk_common;
+	family = skc->skc_family;
+	s->family = family;
+	s->protocol = IPPROTO_TCP;
+	s->lport = skc->skc_num;
+	s->rport = bpf_ntohs(skc->skc_dport);
+	s->netns = skc->skc_net.net->ns.inum;
+	if (family == AF_INET) {
+		__u32 l = skc->skc_rcv_saddr, r = skc->skc_daddr;
+
+		__builtin_memcpy(s->laddr, &l, 4);
+		__builtin_memcpy(s->raddr, &r, 4);
+	} else {
+		__builtin_memcpy(s->laddr, &skc->skc_v6_rcv_saddr, 16);
+		__builtin_memcpy(s->raddr, &skc->skc_v6_daddr, 16);
+		if (BPF_CORE_READ_BITFIELD(skc, skc_ipv6only))
+			s->flags |= SF_SOCK_V6ONLY;
+	}
+}
+
 static __always_inline __u32 ctx_u32(const __u32 *field)
 {
 	return *(const volatile __u32 *)field;
 }
 
-/* Endpoints of a full TCP socket from the sockops context. */
-static __always_inline void fill_sock_ops(struct sf_sock *s, struct bpf_sock_ops *skops,
-					  struct tcp_sock *tp)
+/* Casts a kernel pointer to a typed, read-only one (the verifier turns the call
+ * into a move): loads through it are plain instructions the JIT guards against
+ * faults, where a helper call (bpf_skc_to_tcp_sock, bpf_probe_read_kernel) costs
+ * a call and a return, each dear with this CPU's return-thunk mitigations. */
+extern void *bpf_rdonly_cast(const void *obj__ign, __u32 btf_id) __ksym;
+
+/* The TCP socket behind a sockops context; NULL unless it is a full socket
+ * (every op handled here comes with one). */
+static __always_inline struct tcp_sock *skops_tcp(struct bpf_sock_ops *skops)
 {
-	s->family = skops->family;
-	s->protocol = IPPROTO_TCP;
-	s->lport = skops->local_port;
-	s->rport = bpf_ntohl(skops->remote_port);
-	if (skops->family == AF_INET) {
-		__u32 l = skops->local_ip4, r = skops->remote_ip4;
+	if (!skops->is_fullsock)
+		return NULL;
+	return bpf_rdonly_cast(skops->sk, bpf_core_type_id_kernel(struct tcp_sock));
+}
 
-		__builtin_memcpy(s->laddr, &l, 4);
-		__builtin_memcpy(s->raddr, &r, 4);
-	} else {
-		/* One 4-byte load per word: the verifier rejects the 8-byte loads
-		 * clang would merge them into on bpf_sock_ops. */
-		__u32 *l = (__u32 *)s->laddr, *r = (__u32 *)s->raddr;
+/* The socket's cookie: read where it is, generated by the helper only the first time. */
+static __always_inline __u64 skops_cookie(struct bpf_sock_ops *skops, struct sock *sk)
+{
+	__u64 cookie = sk->__sk_common.skc_cookie.counter;
 
-		l[0] = ctx_u32(&skops->local_ip6[0]);
-		l[1] = ctx_u32(&skops->local_ip6[1]);
-		l[2] = ctx_u32(&skops->local_ip6[2]);
-		l[3] = ctx_u32(&skops->local_ip6[3]);
-		r[0] = ctx_u32(&skops->remote_ip6[0]);
-		r[1] = ctx_u32(&skops->remote_ip6[1]);
-		r[2] = ctx_u32(&skops->remote_ip6[2]);
-		r[3] = ctx_u32(&skops->remote_ip6[3]);
-	}
-	if (tp) {
-		struct sock *sk = &tp->inet_conn.icsk_inet.sk;
-
-		s->netns = sk->__sk_common.skc_net.net->ns.inum;
-		if (BPF_CORE_READ_BITFIELD(&sk->__sk_common, skc_ipv6only))
-			s->flags |= SF_SOCK_V6ONLY;
-	}
+	return cookie ? cookie : bpf_get_socket_cookie(skops);
 }
 
 static __always_inline void track_state(struct bpf_sock_ops *skops)
@@ -322,8 +365,7 @@ static __always_inline void listener_key(struct sf_listener_key *k, const struct
 	k->family = s->family;
 }
 
-static __always_inline void register_listener(struct bpf_sock_ops *skops, struct bpf_sock *sk,
-					      struct tcp_sock *tp, const struct sf_sock *s)
+static __always_inline void register_listener(struct bpf_sock *sk, struct sock *full, const struct sf_sock *s)
 {
 	struct sf_listener_key k = {};
 	struct sf_listener v = { .cookie = s->cookie }, *old;
@@ -333,7 +375,7 @@ static __always_inline void register_listener(struct bpf_sock_ops *skops, struct
 	if (old && old->cookie != s->cookie)
 		v.cookie = 0; /* a second listener on the same key */
 	bpf_map_update_elem(&listeners, &k, &v, BPF_ANY);
-	if (tp && BPF_CORE_READ_BITFIELD(&tp->inet_conn.icsk_inet.sk.__sk_common, skc_reuseport)) {
+	if (BPF_CORE_READ_BITFIELD(&full->__sk_common, skc_reuseport)) {
 		__u64 *c = bpf_sk_storage_get(&reuseport_parents, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 
 		if (c)
@@ -364,14 +406,18 @@ static __always_inline void keep_owner(struct sf_task *t, const struct sf_flow_s
 }
 
 /* The listener a new inbound flow came from: exact address, then the wildcard. */
-static __always_inline __u64 find_listener(struct bpf_sock *sk, const struct sf_sock *s)
+static __always_inline __u64 find_listener(struct bpf_sock *sk, struct sock *full, const struct sf_sock *s)
 {
 	struct sf_listener_key k = {};
 	struct sf_listener *v;
-	__u64 *parent = bpf_sk_storage_get(&reuseport_parents, sk, 0, 0);
 
-	if (parent)
-		return *parent;
+	/* only a child of a SO_REUSEPORT listener has socket storage: ask the map then */
+	if (full->sk_bpf_storage) {
+		__u64 *parent = bpf_sk_storage_get(&reuseport_parents, sk, 0, 0);
+
+		if (parent)
+			return *parent;
+	}
 	listener_key(&k, s);
 	v = bpf_map_lookup_elem(&listeners, &k);
 	if (v)
@@ -381,49 +427,44 @@ static __always_inline __u64 find_listener(struct bpf_sock *sk, const struct sf_
 	return v ? v->cookie : 0;
 }
 
-static __always_inline int on_listen(struct bpf_sock_ops *skops)
+static __always_inline int on_listen(struct bpf_sock_ops *skops, struct bpf_sock *bsk, struct sock *sk)
 {
-	struct bpf_sock *sk = skops->sk;
-	struct tcp_sock *tp;
 	struct sf_event *e;
 	__u64 cookie, now;
 
-	if (!sk || !port_selected(skops->local_port, 0))
+	if (!port_selected(skops->local_port, 0))
 		return 1;
-	cookie = bpf_get_socket_cookie(skops);
+	cookie = skops_cookie(skops, sk);
 	now = bpf_ktime_get_boot_ns();
 	track_listener(skops, cookie, now);
-	tp = bpf_skc_to_tcp_sock(sk);
 	e = reserve_at(SF_KIND_LISTEN, now);
 	if (!e)
 		return 1;
-	fill_sock_ops(&e->sock, skops, tp);
+	fill_sock(&e->sock, sk);
 	e->sock.cookie = cookie;
-	register_listener(skops, sk, tp, &e->sock);
+	register_listener(bsk, sk, &e->sock);
 	fill_task(&e->task);
 	e->start_ns = now;
 	e->role = SF_ROLE_LISTENER;
-	if (tp)
-		e->backlog = tp->inet_conn.icsk_inet.sk.sk_max_ack_backlog;
+	e->backlog = sk->sk_max_ack_backlog;
 	submit_with_task(e);
 	return 1;
 }
 
-static __always_inline int on_connect(struct bpf_sock_ops *skops)
+static __always_inline int on_connect(struct bpf_sock_ops *skops, struct sock *sk)
 {
-	struct bpf_sock *sk = skops->sk;
 	struct sf_event *e;
 	__u64 cookie, now;
 
-	if (!sk || !port_selected(skops->local_port, bpf_ntohl(skops->remote_port)))
+	if (!port_selected(skops->local_port, bpf_ntohl(skops->remote_port)))
 		return 1;
-	cookie = bpf_get_socket_cookie(skops);
+	cookie = skops_cookie(skops, sk);
 	now = bpf_ktime_get_boot_ns();
 	track_conn(skops, cookie, SF_ROLE_OUTBOUND, 0, now, true);
 	e = reserve_at(SF_KIND_CONNECT, now);
 	if (!e)
 		return 1;
-	fill_sock_ops(&e->sock, skops, bpf_skc_to_tcp_sock(sk));
+	fill_sock(&e->sock, sk);
 	e->sock.cookie = cookie;
 	fill_task(&e->task);
 	e->start_ns = now;
@@ -432,20 +473,19 @@ static __always_inline int on_connect(struct bpf_sock_ops *skops)
 	return 1;
 }
 
-static __always_inline int on_active_established(struct bpf_sock_ops *skops)
+static __always_inline int on_active_established(struct bpf_sock_ops *skops, struct sock *sk)
 {
-	struct bpf_sock *sk = skops->sk;
 	struct sf_flow_state *st;
 	struct sf_event *e;
 	__u64 cookie;
 
-	if (!sk || !tracked(skops))
+	if (!tracked(skops))
 		return 1; /* connect() was not seen: before sockflow started, or filtered */
-	cookie = bpf_get_socket_cookie(skops);
+	cookie = skops_cookie(skops, sk);
 	e = reserve(SF_KIND_ESTABLISHED);
 	if (!e)
 		return 1;
-	fill_sock_ops(&e->sock, skops, bpf_skc_to_tcp_sock(sk));
+	fill_sock(&e->sock, sk);
 	e->sock.cookie = cookie;
 	e->role = SF_ROLE_OUTBOUND;
 	st = conn_state(cookie);
@@ -458,20 +498,20 @@ static __always_inline int on_active_established(struct bpf_sock_ops *skops)
 }
 
 /* Runs in softirq: the current task is whoever the packet interrupted. */
-static __always_inline int on_passive_established(struct bpf_sock_ops *skops)
+static __always_inline int on_passive_established(struct bpf_sock_ops *skops, struct bpf_sock *bsk,
+						  struct sock *sk)
 {
-	struct bpf_sock *sk = skops->sk;
 	struct sf_event *e;
 	struct sf_sock s = {};
 	__u64 cookie, listener, now;
 
-	if (!sk || !port_selected(skops->local_port, bpf_ntohl(skops->remote_port)))
+	if (!port_selected(skops->local_port, bpf_ntohl(skops->remote_port)))
 		return 1;
-	cookie = bpf_get_socket_cookie(skops);
+	cookie = skops_cookie(skops, sk);
 	now = bpf_ktime_get_boot_ns();
-	fill_sock_ops(&s, skops, bpf_skc_to_tcp_sock(sk));
+	fill_sock(&s, sk);
 	s.cookie = cookie;
-	listener = find_listener(sk, &s);
+	listener = find_listener(bsk, sk, &s);
 	track_conn(skops, cookie, SF_ROLE_INBOUND, listener, now, false);
 	e = reserve_at(SF_KIND_ESTABLISHED, now);
 	if (!e)
@@ -487,26 +527,22 @@ static __always_inline int on_passive_established(struct bpf_sock_ops *skops)
 /* STATE_CB runs at the top of tcp_set_state(), before the socket is unhashed:
  * endpoints, counters and sk_err are still those of the flow. Only sockets we set
  * the flag on (or children of our listeners, which inherit it) get here. */
-static __always_inline int on_close(struct bpf_sock_ops *skops)
+static __always_inline int on_close(struct bpf_sock_ops *skops, struct tcp_sock *tp)
 {
-	struct bpf_sock *sk = skops->sk;
+	struct sock *sk = &tp->inet_conn.icsk_inet.sk;
 	struct sf_flow_state *st;
-	struct tcp_sock *tp;
 	struct sf_event *e;
 	__u8 old = skops->args[0];
 	__u64 cookie;
 
-	if (!sk)
-		return 1;
-	cookie = bpf_get_socket_cookie(skops);
-	tp = bpf_skc_to_tcp_sock(sk);
+	cookie = skops_cookie(skops, sk);
 	if (old == TCP_LISTEN) {
 		struct sf_sock s = {};
 
 		st = bpf_map_lookup_elem(&listening, &cookie);
 		if (!st)
 			return 1;
-		fill_sock_ops(&s, skops, tp);
+		fill_sock(&s, sk);
 		s.cookie = cookie;
 		unregister_listener(&s); /* even when the record below finds no room */
 	} else {
@@ -518,7 +554,7 @@ static __always_inline int on_close(struct bpf_sock_ops *skops)
 	}
 	e = reserve(SF_KIND_CLOSE);
 	if (e) {
-		fill_sock_ops(&e->sock, skops, tp);
+		fill_sock(&e->sock, sk);
 		e->sock.cookie = cookie;
 		if (st) {
 			e->start_ns = st->start_ns;
@@ -527,20 +563,16 @@ static __always_inline int on_close(struct bpf_sock_ops *skops)
 			keep_owner(&e->task, st);
 		}
 		e->tcp_state = old;
-		e->bytes_received = skops->bytes_received;
-		e->bytes_acked = skops->bytes_acked;
-		if (tp) {
-			struct sock *s = &tp->inet_conn.icsk_inet.sk;
-
-			e->sk_err = s->sk_err;
-			/* sk_shutdown cannot tell a received FIN from our own close(); SOCK_DONE can. */
-			if (s->__sk_common.skc_flags & (1UL << bpf_core_enum_value(enum sock_flags, SOCK_DONE)))
-				e->close_flags |= SF_CLOSE_FIN_RCVD;
-			/* Our FIN went out in these states; it is acked once snd_una reaches write_seq. */
-			if ((old == TCP_FIN_WAIT2 || old == TCP_CLOSING || old == TCP_LAST_ACK) &&
-			    tp->snd_una == tp->write_seq)
-				e->close_flags |= SF_CLOSE_FIN_ACKED;
-		}
+		e->bytes_received = tp->bytes_received;
+		e->bytes_acked = tp->bytes_acked;
+		e->sk_err = sk->sk_err;
+		/* sk_shutdown cannot tell a received FIN from our own close(); SOCK_DONE can. */
+		if (sk->__sk_common.skc_flags & (1UL << bpf_core_enum_value(enum sock_flags, SOCK_DONE)))
+			e->close_flags |= SF_CLOSE_FIN_RCVD;
+		/* Our FIN went out in these states; it is acked once snd_una reaches write_seq. */
+		if ((old == TCP_FIN_WAIT2 || old == TCP_CLOSING || old == TCP_LAST_ACK) &&
+		    tp->snd_una == tp->write_seq)
+			e->close_flags |= SF_CLOSE_FIN_ACKED;
 		submit(e);
 	}
 	/* a socket that listens again starts a new flow */
@@ -551,30 +583,41 @@ static __always_inline int on_close(struct bpf_sock_ops *skops)
 	return 1;
 }
 
+#define SF_SOCKOPS_HANDLED                                                                 \
+	(1U << BPF_SOCK_OPS_TCP_LISTEN_CB | 1U << BPF_SOCK_OPS_TCP_CONNECT_CB |              \
+	 1U << BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB | 1U << BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB | \
+	 1U << BPF_SOCK_OPS_STATE_CB)
+
 SEC("sockops")
 int handle_sockops(struct bpf_sock_ops *skops)
 {
-	switch (skops->op) {
-	case BPF_SOCK_OPS_TCP_LISTEN_CB:
-		return on_listen(skops);
-	case BPF_SOCK_OPS_TCP_CONNECT_CB:
-		return on_connect(skops);
-	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
-		return on_active_established(skops);
-	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
-		return on_passive_established(skops);
-	case BPF_SOCK_OPS_STATE_CB:
-		if (skops->args[1] == TCP_CLOSE)
-			return on_close(skops);
+	__u32 op = skops->op;
+	struct bpf_sock *bsk;
+	struct tcp_sock *tp;
+
+	/* most calls are ops we do not handle (RTO and window init, ECN, state
+	 * changes short of CLOSE): out before anything else is read */
+	if (op >= 32 || !((1U << op) & SF_SOCKOPS_HANDLED) ||
+	    (op == BPF_SOCK_OPS_STATE_CB && skops->args[1] != TCP_CLOSE))
 		return 1;
+	bsk = skops->sk;
+	tp = skops_tcp(skops);
+	if (!tp || !bsk)
+		return 1;
+	switch (op) {
+	case BPF_SOCK_OPS_TCP_LISTEN_CB:
+		return on_listen(skops, bsk, &tp->inet_conn.icsk_inet.sk);
+	case BPF_SOCK_OPS_TCP_CONNECT_CB:
+		return on_connect(skops, &tp->inet_conn.icsk_inet.sk);
+	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
+		return on_active_established(skops, &tp->inet_conn.icsk_inet.sk);
+	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
+		return on_passive_established(skops, bsk, &tp->inet_conn.icsk_inet.sk);
+	case BPF_SOCK_OPS_STATE_CB:
+		return on_close(skops, tp);
 	}
 	return 1;
 }
-
-/* Casts a kernel pointer read as a number to a typed, read-only pointer: loads
- * through it are plain instructions the JIT guards against faults, not a helper
- * call each (about 30 ns apiece here). */
-extern void *bpf_rdonly_cast(const void *obj__ign, __u32 btf_id) __ksym;
 
 /* fd -> file -> socket -> sock of the current task. */
 static __always_inline struct sock *fd_sock(struct task_struct *task, long fd)
@@ -622,20 +665,7 @@ static __always_inline int on_accept(long fd)
 	if (!e)
 		return 0;
 	e->sock.cookie = skc->skc_cookie.counter;
-	e->sock.family = family;
-	e->sock.protocol = IPPROTO_TCP;
-	e->sock.lport = lport;
-	e->sock.rport = rport;
-	e->sock.netns = skc->skc_net.net->ns.inum;
-	if (family == AF_INET) {
-		__u32 l = skc->skc_rcv_saddr, r = skc->skc_daddr;
-
-		__builtin_memcpy(e->sock.laddr, &l, 4);
-		__builtin_memcpy(e->sock.raddr, &r, 4);
-	} else {
-		__builtin_memcpy(e->sock.laddr, &skc->skc_v6_rcv_saddr, 16);
-		__builtin_memcpy(e->sock.raddr, &skc->skc_v6_daddr, 16);
-	}
+	fill_sock(&e->sock, sk);
 	e->tcp_state = skc->skc_state;
 	e->fd = fd;
 	e->role = SF_ROLE_INBOUND;

@@ -75,6 +75,7 @@ struct sock {
 	u16 sk_protocol;
 	u16 sk_type;
 	u32 sk_max_ack_backlog;
+	void *sk_bpf_storage; /* struct bpf_local_storage __rcu *: NULL until a map stores something */
 };
 
 struct inet_sock { struct sock sk; };
