@@ -88,6 +88,15 @@ $(OUT)/storm: bench/storm.c | deps
 	@mkdir -p $(OUT)
 	cc -O2 -Wall -Werror -pthread -o $@ $<
 
+# The floor under sockflow's kernel cost: its hooks with empty programs.
+$(OUT)/hooks_floor.bpf.o: bench/hooks_floor.bpf.c | deps
+	@mkdir -p $(OUT)
+	$(BPF_CLANG) $(BPF_CFLAGS) -c $< -o $@
+
+$(OUT)/hooks_floor: bench/hooks_floor.c | deps
+	@mkdir -p $(OUT)
+	cc -O2 -Wall -Werror -o $@ $< -lbpf
+
 # The peers the benchmark compares with: Debian's libbpf-tools and auditd.
 bench-deps: deps
 	@missing=""; for p in libbpf-tools auditd; do \
@@ -98,7 +107,7 @@ bench-deps: deps
 # Interleaved rounds: the storm alone and with each monitor; memory; the consumer
 # alone. Under 10 minutes. BENCH_ARGS="--rounds 7 --no-auditd" etc.
 BENCH_ARGS ?=
-bench: release bench-deps $(OUT)/storm
+bench: release bench-deps $(OUT)/storm $(OUT)/hooks_floor $(OUT)/hooks_floor.bpf.o
 	$(RELEASE_BUILD) --product sockflow-bench
 	python3 bench/run.py $(BENCH_ARGS)
 

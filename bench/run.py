@@ -11,6 +11,14 @@ Debian's libbpf-tools tcpstates and tcplife, and auditd with syscall rules on
 connect/accept/bind/listen. auditd runs last, in a block with its own baselines: once
 audit has been enabled, every new task takes the audited syscall path until reboot.
 
+"sockflow's hooks, empty programs" (bench/hooks_floor.bpf.c) attaches the hooks
+sockflow needs on a kernel without kprobes/fentry/LSM -- sockops on the cgroup root,
+the accept syscall tracepoints -- with programs that return at once: the floor
+under sockflow's cost, whatever its programs do. The syscall step runs getppid() in
+a loop: what every syscall on the machine pays once a syscall tracepoint is on.
+The fixed-rate and syscall steps run --fixed-rounds (9) rounds: their differences
+are small next to this VM's round-to-round noise.
+
 Columns:
   rate        storm cycles/s, median [min-max]
   ratio       rate with the monitor / rate of the same round's baseline
@@ -35,6 +43,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STORM = os.path.join(REPO, "build", "storm")
+HOOKS_FLOOR = os.path.join(REPO, "build", "hooks_floor")
 SOCKFLOW = os.path.join(REPO, ".build", "release", "sockflow")
 OUT = os.path.join(REPO, "build", "bench")
 
@@ -45,10 +54,13 @@ def storm_args(scenario, seconds):
         "conn2": ["-m", "conn", "-t", "2", "-n", "100000000", "-T", str(seconds)],
         "listen1": ["-m", "listen", "-t", "1", "-n", "100000000", "-T", str(seconds)],
         "conn1_20k": ["-m", "conn", "-t", "1", "-r", "20000", "-n", "100000000", "-T", str(seconds)],
+        "syscall": ["-m", "syscall", "-t", "1", "-n", "1000000000", "-T", str(seconds)],
     }[scenario]
 
 
 def expected_records(scenario, storm):
+    if scenario == "syscall":
+        return 0
     if scenario.startswith("listen"):
         return 2 * storm["cycles"]
     return 6 * storm["cycles"] + 2 * storm["listeners"]
@@ -162,6 +174,27 @@ class Sockflow(Monitor):
         if self.to_file:
             os.unlink(self.out_path)
         return {"lost": stop["lost"], "seen": stop["flow_records"], "bytes": size, "counters": stop}
+
+
+class HooksFloor(Monitor):
+    """sockflow's hooks with empty programs (bench/hooks_floor.bpf.c): what the
+    kernel charges for the hooks themselves, whatever a program does in them."""
+
+    name = "sockflow's hooks, empty programs"
+
+    def start(self, workdir):
+        self.p = subprocess.Popen([HOOKS_FLOOR, os.path.join(REPO, "build", "hooks_floor.bpf.o")],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = self.p.stdout.readline()
+        if line.strip() != "attached":
+            self.p.kill()
+            raise RuntimeError("hooks_floor: " + line + self.p.stderr.read())
+        return self.p.pid
+
+    def stop(self):
+        self.p.stdin.close()
+        self.p.wait(timeout=30)
+        return {"lost": 0, "seen": None}
 
 
 class LibbpfTool(Monitor):
@@ -443,14 +476,33 @@ def summarize(rows, fixed_rate):
     return "\n".join(out)
 
 
+def syscall_table(rows):
+    """CPU per getppid() call, alone and under each monitor, from interleaved rounds."""
+    per_call = lambda s: (s["storm"]["utime"] + s["storm"]["stime"]) / s["storm"]["cycles"] * 1e9
+    rounds = {}
+    for r in rows:
+        rounds.setdefault(r["round"], {})[r["monitor"]] = r
+    names = [n for n in ("storm alone", "sockflow's hooks, empty programs", "sockflow → /dev/null", "tcplife")
+             if any(n in rr for rr in rounds.values())]
+    out = ["| monitor | ns per getppid(), median [min–max] | added ns, median |", "|---|---|---|"]
+    for n in names:
+        xs = [per_call(rr[n]) for rr in rounds.values() if n in rr]
+        added = [per_call(rr[n]) - per_call(rr["storm alone"]) for rr in rounds.values() if n in rr and "storm alone" in rr]
+        add = "–" if n == "storm alone" else "%+.0f" % med(added)
+        out.append(f"| {n} | {med(xs):.0f} [{min(xs):.0f}–{max(xs):.0f}] | {add} |")
+    return "\n".join(out)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--seconds", type=float, default=2.5)
-    ap.add_argument("--only", default="conn1,conn2,listen1,conn1_20k")
-    ap.add_argument("--monitors", default="sockflow-null,sockflow-file,tcpstates,tcplife")
+    ap.add_argument("--seconds", type=float, default=2.0)
+    ap.add_argument("--only", default="conn1,conn2,listen1,conn1_20k,syscall")
+    ap.add_argument("--monitors", default="sockflow-null,sockflow-file,tcpstates,tcplife,floor")
+    ap.add_argument("--fixed-rounds", type=int, default=7,
+                    help="rounds of the fixed-rate scenario, whose differences are small next to this VM's noise")
     ap.add_argument("--no-auditd", action="store_true")
-    ap.add_argument("--soak", type=float, default=30, help="seconds of 20k conn/s churn in the memory step (0: skip it)")
+    ap.add_argument("--soak", type=float, default=15, help="seconds of 20k conn/s churn in the memory step (0: skip it)")
     ap.add_argument("--no-latency", action="store_true", help="skip the connect() latency step")
     ap.add_argument("--json", default=os.path.join(OUT, "results.json"))
     args = ap.parse_args()
@@ -464,26 +516,34 @@ def main():
     make = {
         "sockflow-null": lambda: Sockflow(False), "sockflow-file": lambda: Sockflow(True),
         "tcpstates": lambda: LibbpfTool("tcpstates"), "tcplife": lambda: LibbpfTool("tcplife"),
+        "floor": HooksFloor,
     }
     chosen = [m for m in args.monitors.split(",") if m]
     rows = []
     started = time.time()
     scenarios = [s for s in args.only.split(",") if s]
     for scenario in scenarios:
-        monitors = chosen if scenario != "conn1_20k" else [m for m in chosen if m in ("sockflow-null", "tcplife")]
-        for rnd in range(args.rounds):
+        fixed = scenario in ("conn1_20k", "syscall")
+        wanted = {"conn1_20k": ("sockflow-null", "tcplife", "floor"), "syscall": ("sockflow-null", "floor")}
+        # the floor and the file output where they tell something new: at full rate on one thread
+        monitors = [m for m in chosen if (m in wanted[scenario] if fixed else
+                                          m not in ("floor", "sockflow-file") or scenario == "conn1")]
+        if scenario.startswith("listen"):  # tcplife reports connections only: listeners cost it nothing
+            monitors = [m for m in monitors if m != "tcplife"]
+        seconds = min(args.seconds, 0.5) if scenario == "syscall" else args.seconds
+        for rnd in range(max(args.rounds, args.fixed_rounds) if fixed else args.rounds):
             for name in [None] + monitors:
-                row = measure(scenario, make[name]() if name else None, args.seconds, workdir)
+                row = measure(scenario, make[name]() if name else None, seconds, workdir)
                 row.update(round=rnd, block="main")
                 rows.append(row)
                 print(f"  {scenario} round {rnd + 1} {row['monitor']}: {row['storm']['rate']:.0f}/s", file=sys.stderr)
-    latency = None if args.no_latency else connect_latency(args.rounds, workdir)
+    latency = None if args.no_latency else connect_latency(min(args.rounds, 3), workdir)
     mem = memory(args.soak, workdir) if args.soak > 0 else None
     # Last: once audit has been enabled it stays on for every new task until reboot.
     consumer = consumer_bench() if os.access(os.path.join(REPO, ".build", "release", "sockflow-bench"), os.X_OK) else None
     if not args.no_auditd and shutil.which("auditd"):
         for scenario in [s for s in scenarios if s in ("conn1", "conn2")]:
-            for rnd in range(args.rounds):
+            for rnd in range(min(args.rounds, 3)):
                 for m in (None, Auditd()):
                     row = measure(scenario, m, args.seconds, workdir)
                     row.update(round=rnd, block="audit")
@@ -495,11 +555,15 @@ def main():
     uname = os.uname()
     print(f"\nsockflow benchmark, {time.strftime('%Y-%m-%d')}, {uname.release}, {os.cpu_count()} CPUs, "
           f"{args.rounds} interleaved rounds of {args.seconds} s, {time.time() - started:.0f} s in all\n")
-    print(summarize([r for r in rows if r["scenario"] != "conn1_20k"], fixed_rate=False))
+    print(summarize([r for r in rows if r["scenario"] not in ("conn1_20k", "syscall")], fixed_rate=False))
     fixed = [r for r in rows if r["scenario"] == "conn1_20k"]
     if fixed:
         print("\nAt a fixed 20,000 connections/s:\n")
         print(summarize(fixed, fixed_rate=True))
+    calls = [r for r in rows if r["scenario"] == "syscall"]
+    if calls:
+        print("\nWhat every syscall on the machine pays (getppid() in a loop, CPU per call):\n")
+        print(syscall_table(calls))
     if latency:
         print("\nconnect() latency with policy rules (none match, so each connect walks all of them), "
               "in a cgroup of its own:\n")

@@ -7,6 +7,8 @@
  *         close client, close server
  *   storm -m listen ...   per cycle: socket, bind 127.0.0.1:0, listen, close
  *   storm -m udp    ...   per cycle: send one datagram, receive it
+ *   storm -m syscall ...  per cycle: getppid(), a syscall that does nothing: what
+ *                         every syscall on the machine pays for a syscall tracepoint
  *   storm -m latency -n N times each connect() of N loopback connections; prints
  *                         latency_median_ns, latency_p90_ns, latency_p99_ns too
  *   storm -m hold -n N    opens N connected pairs (2N flows), prints "holding N",
@@ -31,6 +33,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -182,6 +185,21 @@ static void *udp_worker(void *arg)
 	return NULL;
 }
 
+static void *syscall_worker(void *arg)
+{
+	double start = now();
+	(void)arg;
+
+	for (long i = 0; i < cycles && !atomic_load(&stop); i++) {
+		pace(i, start);
+		syscall(SYS_getppid); /* not getppid(): nothing may cache it */
+		atomic_fetch_add(&done_cycles, 1);
+		if ((i & 4095) == 0 && now() - start > max_seconds)
+			break;
+	}
+	return NULL;
+}
+
 static int cmp_long(const void *a, const void *b)
 {
 	long x = *(const long *)a, y = *(const long *)b;
@@ -309,7 +327,7 @@ int main(int argc, char **argv)
 		case 'r': rate_limit = atof(optarg); break;
 		case 'w': with_data = 1; break;
 		default:
-			fprintf(stderr, "usage: storm -m conn|listen|udp [-t threads] [-n cycles] [-T seconds] [-r rate] [-w]\n");
+			fprintf(stderr, "usage: storm -m conn|listen|udp|syscall [-t threads] [-n cycles] [-T seconds] [-r rate] [-w]\n");
 			return 2;
 		}
 	}
@@ -319,7 +337,10 @@ int main(int argc, char **argv)
 		return hold(cycles);
 	if (!strcmp(mode, "latency"))
 		return latency(cycles);
-	fn = !strcmp(mode, "listen") ? listen_worker : !strcmp(mode, "udp") ? udp_worker : conn_worker;
+	fn = !strcmp(mode, "listen")  ? listen_worker
+	     : !strcmp(mode, "udp")     ? udp_worker
+	     : !strcmp(mode, "syscall") ? syscall_worker
+					: conn_worker;
 	alarm((unsigned)max_seconds + 30); /* bounded, whatever happens */
 	t0 = now();
 	for (int i = 0; i < threads; i++)
