@@ -415,7 +415,10 @@ def latency_table(rows, names):
 
 def consumer_bench():
     bench = os.path.join(REPO, ".build", "release", "sockflow-bench")
-    out = subprocess.run([bench, "consumer", "500000", "5"], capture_output=True, text=True, check=True).stdout
+    # one core, the same one throughout: no migrations in the middle of a pass
+    last = max(os.sched_getaffinity(0))
+    out = subprocess.run([bench, "consumer", "500000", "7"], capture_output=True, text=True, check=True,
+                         preexec_fn=lambda: os.sched_setaffinity(0, {last})).stdout
     return out.strip().splitlines()[-1]
 
 
@@ -530,8 +533,9 @@ def main():
                                           m not in ("floor", "sockflow-file") or scenario == "conn1")]
         if scenario.startswith("listen"):  # tcplife reports connections only: listeners cost it nothing
             monitors = [m for m in monitors if m != "tcplife"]
-        seconds = min(args.seconds, 0.5) if scenario == "syscall" else args.seconds
-        for rnd in range(max(args.rounds, args.fixed_rounds) if fixed else args.rounds):
+        seconds = min(args.seconds, 1.0) if scenario == "syscall" else args.seconds
+        rounds = args.rounds if scenario == "syscall" else max(args.rounds, args.fixed_rounds) if fixed else args.rounds
+        for rnd in range(rounds):
             for name in [None] + monitors:
                 row = measure(scenario, make[name]() if name else None, seconds, workdir)
                 row.update(round=rnd, block="main")

@@ -121,16 +121,21 @@ public final class FlowTable {
     public func insert(_ entry: Entry) -> Bool {
         let k = entry.flow.id.cookie
         guard k != 0 else { return false }
-        if let i = find(k) {
-            entries[Int(slots[i].position)] = entry
-            return true
+        // one probe: the slot holding k (replace) or the empty one that ends its run (insert)
+        var i = home(k)
+        while true {
+            let c = slots[i].cookie
+            if c == k {
+                entries[Int(slots[i].position)] = entry
+                return true
+            }
+            if c == 0 { break }
+            i = (i &+ 1) & mask
         }
         if count >= limit {
             untracked &+= 1
             return false
         }
-        var i = home(k)
-        while slots[i].cookie != 0 { i = (i &+ 1) & mask }
         slots[i] = Slot(cookie: k, position: Int32(count))
         (entries + count).initialize(to: entry)
         count += 1

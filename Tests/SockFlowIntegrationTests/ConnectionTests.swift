@@ -286,8 +286,8 @@ struct ConnectionTests {
         }
         for l in listeners { l.finish() }
         for l in listeners {
-            // Every close is reported and names its owner: the kernel tracks a little
-            // more than user space and keeps the owner with each flow.
+            // Every close is reported and names its owner, which the kernel keeps with
+            // each listener even when user space had no room for the flow.
             let close = try run.waitFor("close \(l.port)") { $0.event == "close" && $0.localPort == l.port }
             #expect(close.pid == l.pid)
             #expect(close.string("process.comm") == "sfhelper")
