@@ -240,6 +240,11 @@ class Auditd(Monitor):
     RULES = "-a always,exit -F arch=b64 -S connect,accept,accept4,bind,listen -k sockflow-bench\n"
 
     def start(self, workdir):
+        # the machine's own rules and enabled flag come back at stop(): "-D" below clears them
+        self.saved_rules = [l for l in subprocess.run(["auditctl", "-l"], capture_output=True, text=True).stdout
+                            .splitlines() if l.startswith("-")]
+        m = re.search(r"^enabled (\d+)", subprocess.run(["auditctl", "-s"], capture_output=True, text=True).stdout, re.M)
+        self.saved_enabled = m.group(1) if m else "0"
         self.dir = os.path.join(workdir, "audit")
         os.makedirs(self.dir, exist_ok=True)
         conf = os.path.join(self.dir, "auditd.conf")
@@ -266,6 +271,16 @@ class Auditd(Monitor):
         self.k0 = sum(cpu_seconds(p) for p in self.kauditd)
         return self.p.pid
 
+    def restore(self):
+        for rule in getattr(self, "saved_rules", []):
+            subprocess.run(["auditctl"] + rule.split(), capture_output=True)
+        subprocess.run(["auditctl", "-e", getattr(self, "saved_enabled", "0")], capture_output=True)
+
+    def kill(self):
+        super().kill()
+        subprocess.run(["auditctl", "-D"], capture_output=True)
+        self.restore()
+
     def audit_lost(self):
         s = subprocess.run(["auditctl", "-s"], capture_output=True, text=True).stdout
         m = re.search(r"^lost (\d+)", s, re.M)
@@ -279,7 +294,7 @@ class Auditd(Monitor):
         subprocess.run(["auditctl", "-D"], capture_output=True)
         self.p.send_signal(signal.SIGTERM)
         self.p.wait(timeout=30)
-        subprocess.run(["auditctl", "-e", "0"], capture_output=True)
+        self.restore()
         shutil.rmtree(self.dir, ignore_errors=True)
         return {"lost": lost, "seen": None}
 
