@@ -11,6 +11,19 @@ struct FlowTableTests {
             owner: nil, role: .outbound, accepted: false)
     }
 
+    @Test("100,000 flows with consecutive cookies (as the kernel hands them out) leave only short probe runs")
+    func consecutiveCookies() {
+        let table = FlowTable(limit: 131_072)
+        let first: UInt64 = 1 << 20
+        for k in first..<(first + 100_000) { #expect(table.insert(entry(k)), "insert \(k)") }
+        #expect(table.count == 100_000)
+        // runs of whole blocks of 8 only where blocks happen to land side by side
+        #expect(table.longestRun < 128, "longest probe run: \(table.longestRun)")
+        for k in stride(from: first, to: first + 100_000, by: 7) { #expect(table[k]?.flow.id.cookie == k) }
+        for k in first..<(first + 100_000) { #expect(table.remove(k) != nil) }
+        #expect(table.count == 0 && table.longestRun == 0)
+    }
+
     @Test("random inserts, updates and removes agree with a Dictionary, through growth and collisions")
     func model() {
         var rng = SystemRandomNumberGenerator()
