@@ -3,7 +3,7 @@
  * The floor under sockflow's kernel cost: the hooks sockflow must use on a
  * kernel without kprobes, fentry or BPF-LSM, with programs that do nothing.
  *
- *   sockops on the cgroup v2 root   the kernel calls it ~13 times per connection
+ *   sockops on the cgroup v2 root   the kernel calls it 9 times per connection
  *                                   cycle (RTO and window init, ECN, connect,
  *                                   established), whatever the program does
  *   syscalls:sys_exit_accept4/_accept  the only way to see who accepted a

@@ -16,8 +16,8 @@ sockflow needs on a kernel without kprobes/fentry/LSM -- sockops on the cgroup r
 the accept syscall tracepoints -- with programs that return at once: the floor
 under sockflow's cost, whatever its programs do. The syscall step runs getppid() in
 a loop: what every syscall on the machine pays once a syscall tracepoint is on.
-The fixed-rate and syscall steps run --fixed-rounds (9) rounds: their differences
-are small next to this VM's round-to-round noise.
+The fixed-rate step runs --fixed-rounds (7) rounds: its differences are small
+next to this VM's round-to-round noise.
 
 Columns:
   rate        storm cycles/s, median [min-max]
@@ -56,6 +56,23 @@ def storm_args(scenario, seconds):
         "conn1_20k": ["-m", "conn", "-t", "1", "-r", "20000", "-n", "100000000", "-T", str(seconds)],
         "syscall": ["-m", "syscall", "-t", "1", "-n", "1000000000", "-T", str(seconds)],
     }[scenario]
+
+
+# The monitors each scenario runs (of those --monitors chooses): the file output
+# and the floor where they tell something new, at full rate on one thread; no
+# tcplife in the listen storm, it reports connections only.
+SCENARIO_MONITORS = {
+    "conn1": ("sockflow-null", "sockflow-file", "tcpstates", "tcplife", "floor"),
+    "conn2": ("sockflow-null", "tcpstates", "tcplife"),
+    "listen1": ("sockflow-null", "tcpstates"),
+    "conn1_20k": ("sockflow-null", "tcplife", "floor"),
+    "syscall": ("sockflow-null", "floor"),
+}
+
+
+def cpu_per_cycle(storm):
+    """The storm's CPU seconds per cycle."""
+    return (storm["utime"] + storm["stime"]) / storm["cycles"]
 
 
 def expected_records(scenario, storm):
@@ -462,15 +479,14 @@ def summarize(rows, fixed_rate):
         for name in names:
             samples = [rr[name] for rr in rounds.values() if name in rr]
             rates = [s["storm"]["rate"] for s in samples]
-            per_cycle = [(s["storm"]["utime"] + s["storm"]["stime"]) / s["storm"]["cycles"] * 1e6 for s in samples]
+            per_cycle = [cpu_per_cycle(s["storm"]) * 1e6 for s in samples]
             ratios, added = [], []
             for rr in rounds.values():
                 if name in rr and "storm alone" in rr:
                     base = rr["storm alone"]["storm"]
                     me = rr[name]["storm"]
                     ratios.append(me["rate"] / base["rate"])
-                    added.append((me["utime"] + me["stime"]) / me["cycles"] * 1e6
-                                 - (base["utime"] + base["stime"]) / base["cycles"] * 1e6)
+                    added.append((cpu_per_cycle(me) - cpu_per_cycle(base)) * 1e6)
             label = scenario + (" (after audit)" if block == "audit" else "")
             if name == "storm alone":
                 cpu = rec = rss = "–"
@@ -496,11 +512,11 @@ def summarize(rows, fixed_rate):
 
 def syscall_table(rows):
     """CPU per getppid() call, alone and under each monitor, from interleaved rounds."""
-    per_call = lambda s: (s["storm"]["utime"] + s["storm"]["stime"]) / s["storm"]["cycles"] * 1e9
+    per_call = lambda s: cpu_per_cycle(s["storm"]) * 1e9
     rounds = {}
     for r in rows:
         rounds.setdefault(r["round"], {})[r["monitor"]] = r
-    names = [n for n in ("storm alone", "sockflow's hooks, empty programs", "sockflow → /dev/null", "tcplife")
+    names = [n for n in ("storm alone", "sockflow's hooks, empty programs", "sockflow → /dev/null")
              if any(n in rr for rr in rounds.values())]
     out = ["| monitor | ns per getppid(), median [min–max] | added ns, median |", "|---|---|---|"]
     for n in names:
@@ -541,15 +557,9 @@ def main():
     started = time.time()
     scenarios = [s for s in args.only.split(",") if s]
     for scenario in scenarios:
-        fixed = scenario in ("conn1_20k", "syscall")
-        wanted = {"conn1_20k": ("sockflow-null", "tcplife", "floor"), "syscall": ("sockflow-null", "floor")}
-        # the floor and the file output where they tell something new: at full rate on one thread
-        monitors = [m for m in chosen if (m in wanted[scenario] if fixed else
-                                          m not in ("floor", "sockflow-file") or scenario == "conn1")]
-        if scenario.startswith("listen"):  # tcplife reports connections only: listeners cost it nothing
-            monitors = [m for m in monitors if m != "tcplife"]
+        monitors = [m for m in chosen if m in SCENARIO_MONITORS[scenario]]
         seconds = min(args.seconds, 1.0) if scenario == "syscall" else args.seconds
-        rounds = args.rounds if scenario == "syscall" else max(args.rounds, args.fixed_rounds) if fixed else args.rounds
+        rounds = max(args.rounds, args.fixed_rounds) if scenario == "conn1_20k" else args.rounds
         for rnd in range(rounds):
             for name in [None] + monitors:
                 row = measure(scenario, make[name]() if name else None, seconds, workdir)
