@@ -8,6 +8,8 @@
  *                   [--name COMM] [--exit-now] [--fork-listen] [--listen-fork] [-- ARGS...]
  *   sfhelper hostile           re-executes itself as `listen` with hostile argv and comm
  *   sfhelper burst N           N times: socket, bind 127.0.0.1:0, listen, close; then "ready"
+ *   sfhelper cburst N          one listener on 127.0.0.1:0, then N times: connect, accept,
+ *                              write a byte each way, close both; then "ready pid=.. port=.."
  *   sfhelper serve [listen options] [--workers K] [--reply N] [--no-accept] [--reuseport]
  *                  accepts connections (in K pre-forked children that share the listener,
  *                  or itself when K is 0); per connection reads to EOF, writes N bytes,
@@ -224,6 +226,36 @@ static int cmd_burst(int n)
 		close(fd);
 	}
 	printf("ready pid=%d count=%d\n", getpid(), n);
+	fflush(stdout);
+	wait_for_close();
+	return 0;
+}
+
+static int cmd_cburst(int n)
+{
+	struct listen_opts o = { .family = "4", .backlog = 16 };
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	int port, lfd = make_socket(&o, &port);
+	char b = 'x';
+
+	if (listen(lfd, 16))
+		die("listen");
+	a.sin_port = htons(port);
+	for (int i = 0; i < n; i++) {
+		int c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), s;
+
+		if (c < 0 || connect(c, (struct sockaddr *)&a, sizeof(a)))
+			die("connect");
+		s = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+		if (s < 0)
+			die("accept");
+		if (write(c, &b, 1) != 1 || read(s, &b, 1) != 1 || write(s, &b, 1) != 1 || read(c, &b, 1) != 1)
+			die("exchange");
+		close(c);
+		close(s);
+	}
+	close(lfd);
+	printf("ready pid=%d port=%d count=%d\n", getpid(), port, n);
 	fflush(stdout);
 	wait_for_close();
 	return 0;
@@ -587,6 +619,8 @@ int main(int argc, char **argv)
 		return cmd_serve(argc - 2, argv + 2);
 	if (!strcmp(argv[1], "connect"))
 		return cmd_connect(argc - 2, argv + 2);
+	if (!strcmp(argv[1], "cburst") && argc > 2)
+		return cmd_cburst(atoi(argv[2]));
 	if (!strcmp(argv[1], "burst") && argc > 2)
 		return cmd_burst(atoi(argv[2]));
 	if (!strcmp(argv[1], "hostile"))
