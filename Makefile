@@ -5,7 +5,7 @@
 # the skeleton that embeds it, then build the Swift package.
 
 .DELETE_ON_ERROR:
-.PHONY: all deps bpf swift release run test unit integration clean help bench bench-deps bench-consumer
+.PHONY: all deps bpf swift release run test unit integration clean help bench bench-deps bench-consumer bench-profile
 
 ARCH := $(shell uname -m | sed -e 's/x86_64/x86/' -e 's/aarch64/arm64/')
 MULTIARCH := $(shell gcc -print-multiarch 2>/dev/null)
@@ -31,6 +31,7 @@ help:
 	@echo "make test    build and run every test (integration tests need root)"
 	@echo "make release build .build/release/sockflow"
 	@echo "make bench   the storm alone vs with sockflow and its peers, side by side (root)"
+	@echo "make bench-profile  where the storm's kernel time goes with sockflow, by category (root)"
 
 # Packages a fresh Debian 12 lacks. clang: any clang that targets BPF will do
 # (the Swift toolchain's does); Debian's is installed only when none does.
@@ -99,7 +100,7 @@ $(OUT)/hooks_floor: bench/hooks_floor.c | deps
 
 # The peers the benchmark compares with: Debian's libbpf-tools and auditd.
 bench-deps: deps
-	@missing=""; for p in libbpf-tools auditd; do \
+	@missing=""; for p in libbpf-tools auditd linux-perf; do \
 		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then echo "installing:$$missing"; \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; fi
@@ -110,6 +111,11 @@ BENCH_ARGS ?=
 bench: release bench-deps $(OUT)/storm $(OUT)/hooks_floor $(OUT)/hooks_floor.bpf.o
 	$(RELEASE_BUILD) --product sockflow-bench
 	python3 bench/run.py $(BENCH_ARGS)
+
+# Where the storm's kernel time goes with sockflow, by category, from perf profiles
+# of the storm alone, with the empty hooks and with sockflow. About 2 minutes.
+bench-profile: release bench-deps $(OUT)/storm $(OUT)/hooks_floor $(OUT)/hooks_floor.bpf.o
+	python3 bench/profile.py $(PROFILE_ARGS)
 
 # The consumer alone (no kernel): decode + flow table + owner + JSON + write(2).
 bench-consumer: bpf

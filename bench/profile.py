@@ -1,0 +1,151 @@
+#!/usr/bin/env python3
+"""Where sockflow's kernel time goes, per connection, from system-wide profiles.
+
+    bench/profile.py [--rounds 4] [--seconds 5] [--rate 20000] [--json FILE]
+
+The fixed-rate step of `make bench` measures the storm's CPU per connection with
+and without sockflow; on this VM its rounds vary by several µs, more than most
+changes one would try. This step answers a narrower question much more steadily:
+which kernel functions the storm's CPU time goes to. Each round profiles the
+storm at a fixed rate alone, with sockflow's hooks and empty programs (the
+floor), and with sockflow (`perf record -a`, cpu-clock at 10 kHz). Samples taken
+in the storm's context are turned into ns per connection cycle, grouped into the
+categories below, and each configuration is compared with the same round's
+storm alone. The table shows the median with min and max over the rounds.
+
+The BPF categories vary by a few per cent between rounds. "everything else" is
+the rest of the storm's time (TCP, allocation, scheduling) and varies by a few
+µs: that column is the noise the end-to-end figure has to live with. Sampling
+itself slows everything down, so the sum is larger than what `make bench`
+measures without perf; use the categories to compare, not the total.
+"""
+import argparse
+import collections
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import run as bench  # noqa: E402  (the storm, the monitors and their start/stop)
+
+FREQ = 10000
+
+# (category, symbols as regular expressions) in the order the table shows them.
+CATEGORIES = [
+    ("syscall tracepoint: the slow path every syscall takes",
+     [r"do_syscall_64", r"syscall_trace_enter", r"syscall_exit_work", r"perf_syscall_exit", r"x64_sys_call",
+      r"perf_swevent_(get|put)_recursion_context", r"_find_first_bit"]),
+    ("accept tracepoint: dispatch and program",
+     [r"trace_call_bpf", r"__bpf_prog_(enter|exit)_recur", r"bpf_prog_\w+_(handle_accept4?_exit|floor_accept\w*)",
+      r"copy_from_kernel_nofault", r"bpf_probe_read_kernel"]),
+    ("sockops dispatch (tcp_call_bpf, the cgroup's program array)",
+     [r"__cgroup_bpf_run_filter_sock_ops", r"tcp_set_state", r"bpf_prog_\w+_floor_sockops"]),
+    ("sockops program", [r"bpf_prog_\w+_handle_sockops"]),
+    ("record fill: socket, task, exe name",
+     [r"bpf_prog_\w+_fill_(task|sock)", r"strncpy_from_kernel_nofault", r"bpf_probe_read_kernel_str"]),
+    ("ring buffer: reserve, submit, wakeups",
+     [r"__bpf_ringbuf_reserve", r"bpf_ringbuf_(reserve|submit|query)", r"irq_work_queue", r"native_write_msr",
+      r"native_apic_msr_write"]),
+    ("clock reads", [r"read_tsc", r"ktime_get_(mono|boot)_fast_ns", r"bpf_ktime_get_boot_ns"]),
+    ("other helpers: cookie, map lookups, task, callback flags",
+     [r"__sock_gen_cookie", r"bpf_get_socket_cookie\w*", r"lookup_nulls_elem_raw", r"__htab_map_lookup_elem",
+      r"bpf_get_current_task_btf", r"bpf_sock_ops_cb_flags_set", r"bpf_sk_storage_get"]),
+]
+OTHER = "everything else in the storm's context"
+TOTAL = "total"
+CONFIGS = [("alone", None), ("floor", bench.HooksFloor), ("sockflow", lambda: bench.Sockflow(False))]
+
+
+def category(symbol):
+    for name, patterns in CATEGORIES:
+        if any(re.fullmatch(p, symbol) for p in patterns):
+            return name
+    return OTHER
+
+
+def storm_profile(rate, seconds, data):
+    """Runs the storm at `rate` and samples the whole machine for `seconds` in its
+    middle; returns ns per cycle by category, from the storm's samples."""
+    storm = subprocess.Popen([bench.STORM, "-m", "conn", "-t", "1", "-r", str(rate), "-n", "1000000000",
+                              "-T", str(seconds + 1.5)], stdout=subprocess.PIPE, text=True)
+    time.sleep(0.75)
+    subprocess.run(["perf", "record", "-q", "-a", "-F", str(FREQ), "-o", data, "--", "sleep", str(seconds)],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    out, _ = storm.communicate(timeout=60)
+    fields = dict(kv.split("=", 1) for kv in out.split())
+    report = subprocess.run(["perf", "report", "-i", data, "--comm", "storm", "--no-children", "-n", "--sort", "sym",
+                             "--stdio"], capture_output=True, text=True, check=True).stdout
+    cycles = float(fields["rate"]) * seconds  # cycles in the sampled window
+    ns = collections.Counter()
+    for line in report.splitlines():
+        m = re.match(r"\s*[\d.]+%\s+(\d+)\s+\[.\]\s+(\S+)", line)
+        if m:
+            ns[category(m.group(2))] += int(m.group(1)) * 1e9 / FREQ / cycles
+    ns[TOTAL] = sum(ns.values())
+    return ns
+
+
+def table(rounds):
+    names = [c[0] for c in CATEGORIES] + [OTHER, TOTAL]
+
+    def cell(xs):
+        return f"{statistics.median(xs):+.0f} [{min(xs):+.0f} – {max(xs):+.0f}]"
+
+    out = ["| ns per connection cycle, storm's context | floor − alone | sockflow − alone | sockflow − floor |",
+           "|---|---|---|---|"]
+    for n in names:
+        fa = [r["floor"][n] - r["alone"][n] for r in rounds]
+        sa = [r["sockflow"][n] - r["alone"][n] for r in rounds]
+        sf = [r["sockflow"][n] - r["floor"][n] for r in rounds]
+        out.append(f"| {n} | {cell(fa)} | {cell(sa)} | {cell(sf)} |")
+    return "\n".join(out)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--rate", type=int, default=20000)
+    ap.add_argument("--json", default=os.path.join(bench.OUT, "profile.json"))
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("bench-profile: needs root (it loads BPF programs and samples the kernel)")
+    if subprocess.run(["perf", "--version"], capture_output=True).returncode != 0:
+        sys.exit("bench-profile: perf is missing (Debian: linux-perf)")
+    os.makedirs(bench.OUT, exist_ok=True)
+    workdir = tempfile.mkdtemp(prefix="sockflow-profile-", dir=bench.OUT)
+    data = os.path.join(workdir, "perf.data")
+    rounds = []
+    try:
+        for rnd in range(args.rounds):
+            row = {}
+            for name, make in CONFIGS:
+                monitor = make() if make else None
+                if monitor:
+                    monitor.start(workdir)
+                try:
+                    row[name] = storm_profile(args.rate, args.seconds, data)
+                finally:
+                    if monitor:
+                        monitor.stop()
+                print(f"  profile round {rnd + 1} {name}: {row[name][TOTAL]:.0f} ns/cycle", file=sys.stderr)
+            rounds.append(row)
+    finally:
+        subprocess.run(["rm", "-rf", workdir])
+    with open(args.json, "w") as f:
+        json.dump(rounds, f, indent=1)
+    uname = os.uname()
+    print(f"\nWhere the storm's CPU goes at {args.rate:,} connections/s, {time.strftime('%Y-%m-%d')}, "
+          f"{uname.release}, {os.cpu_count()} CPUs: {args.rounds} rounds of {args.seconds:g} s, "
+          f"perf cpu-clock at {FREQ} Hz; median [min – max] of the paired differences\n")
+    print(table(rounds))
+    print(f"\nraw rounds: {args.json}")
+
+
+if __name__ == "__main__":
+    main()
