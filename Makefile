@@ -94,6 +94,15 @@ $(OUT)/hooks_floor.bpf.o: bench/hooks_floor.bpf.c | deps
 	@mkdir -p $(OUT)
 	$(BPF_CLANG) $(BPF_CFLAGS) -c $< -o $@
 
+# The floor's what-if variants (bench/profile.py --what-if).
+$(OUT)/hooks_floor_state_cb.bpf.o: bench/hooks_floor.bpf.c | deps
+	@mkdir -p $(OUT)
+	$(BPF_CLANG) $(BPF_CFLAGS) -DFLOOR_STATE_CB -c $< -o $@
+
+$(OUT)/hooks_floor_destroy_tp.bpf.o: bench/hooks_floor.bpf.c | deps
+	@mkdir -p $(OUT)
+	$(BPF_CLANG) $(BPF_CFLAGS) -DFLOOR_DESTROY_TP -c $< -o $@
+
 $(OUT)/hooks_floor: bench/hooks_floor.c | deps
 	@mkdir -p $(OUT)
 	cc -O2 -Wall -Werror -o $@ $< -lbpf
@@ -114,7 +123,8 @@ bench: release bench-deps $(OUT)/storm $(OUT)/hooks_floor $(OUT)/hooks_floor.bpf
 
 # Where the storm's kernel time goes with sockflow, by category, from perf profiles
 # of the storm alone, with the empty hooks and with sockflow. About 2 minutes.
-bench-profile: release bench-deps $(OUT)/storm $(OUT)/hooks_floor $(OUT)/hooks_floor.bpf.o
+bench-profile: release bench-deps $(OUT)/storm $(OUT)/hooks_floor $(OUT)/hooks_floor.bpf.o \
+		$(OUT)/hooks_floor_state_cb.bpf.o $(OUT)/hooks_floor_destroy_tp.bpf.o
 	python3 bench/profile.py $(PROFILE_ARGS)
 
 # The consumer alone (no kernel): decode + flow table + owner + JSON + write(2).

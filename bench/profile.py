@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Where sockflow's kernel time goes, per connection, from system-wide profiles.
 
-    bench/profile.py [--rounds 4] [--seconds 5] [--rate 20000] [--json FILE]
+    bench/profile.py [--rounds 4] [--seconds 5] [--rate 20000] [--what-if] [--json FILE]
 
 The fixed-rate step of `make bench` measures the storm's CPU per connection with
 and without sockflow; on this VM its rounds vary by several µs, more than most
@@ -18,6 +18,13 @@ the rest of the storm's time (TCP, allocation, scheduling) and varies by a few
 µs: that column is the noise the end-to-end figure has to live with. Sampling
 itself slows everything down, so the sum is larger than what `make bench`
 measures without perf; use the categories to compare, not the total.
+PROFILE_FREQ sets another sampling rate.
+
+--what-if adds two variants of the floor that price one design choice each:
+the floor with the STATE_CB flag sockflow sets to see a socket reach CLOSE
+(every later state change then calls the sockops program), and the floor with
+an empty program on the tcp_destroy_sock raw tracepoint, the other way to see
+a socket go.
 """
 import argparse
 import collections
@@ -33,7 +40,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import run as bench  # noqa: E402  (the storm, the monitors and their start/stop)
 
-FREQ = 10000
+FREQ = int(os.environ.get("PROFILE_FREQ", "10000"))
 
 # (category, symbols as regular expressions) in the order the table shows them.
 CATEGORIES = [
@@ -55,10 +62,13 @@ CATEGORIES = [
     ("other helpers: cookie, map lookups, task, callback flags",
      [r"__sock_gen_cookie", r"bpf_get_socket_cookie\w*", r"lookup_nulls_elem_raw", r"__htab_map_lookup_elem",
       r"bpf_get_current_task_btf", r"bpf_sock_ops_cb_flags_set", r"bpf_sk_storage_get"]),
+    ("raw tracepoints: dispatch and program", [r"bpf_trace_run\d+", r"__bpf_trace_\w+", r"bpf_prog_\w+_floor_destroy"]),
 ]
 OTHER = "everything else in the storm's context"
 TOTAL = "total"
 CONFIGS = [("alone", None), ("floor", bench.HooksFloor), ("sockflow", lambda: bench.Sockflow(False))]
+WHAT_IF = [("floor + STATE_CB flag", lambda: bench.HooksFloor("hooks_floor_state_cb.bpf.o")),
+           ("floor + destroy tracepoint", lambda: bench.HooksFloor("hooks_floor_destroy_tp.bpf.o"))]
 
 
 def category(symbol):
@@ -90,19 +100,18 @@ def storm_profile(rate, seconds, data):
     return ns
 
 
-def table(rounds):
+def table(rounds, columns):
+    """columns: (heading, configuration, baseline) triples."""
     names = [c[0] for c in CATEGORIES] + [OTHER, TOTAL]
 
     def cell(xs):
         return f"{statistics.median(xs):+.0f} [{min(xs):+.0f} – {max(xs):+.0f}]"
 
-    out = ["| ns per connection cycle, storm's context | floor − alone | sockflow − alone | sockflow − floor |",
-           "|---|---|---|---|"]
+    out = ["| ns per connection cycle, storm's context | " + " | ".join(c[0] for c in columns) + " |",
+           "|---" * (len(columns) + 1) + "|"]
     for n in names:
-        fa = [r["floor"][n] - r["alone"][n] for r in rounds]
-        sa = [r["sockflow"][n] - r["alone"][n] for r in rounds]
-        sf = [r["sockflow"][n] - r["floor"][n] for r in rounds]
-        out.append(f"| {n} | {cell(fa)} | {cell(sa)} | {cell(sf)} |")
+        cells = [cell([r[conf][n] - r[base][n] for r in rounds]) for _, conf, base in columns]
+        out.append(f"| {n} | " + " | ".join(cells) + " |")
     return "\n".join(out)
 
 
@@ -111,6 +120,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--rate", type=int, default=20000)
+    ap.add_argument("--what-if", action="store_true", help="also the floor with the STATE_CB flag, and with the "
+                    "tcp_destroy_sock raw tracepoint")
     ap.add_argument("--json", default=os.path.join(bench.OUT, "profile.json"))
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -124,7 +135,7 @@ def main():
     try:
         for rnd in range(args.rounds):
             row = {}
-            for name, make in CONFIGS:
+            for name, make in CONFIGS + (WHAT_IF if args.what_if else []):
                 monitor = make() if make else None
                 if monitor:
                     monitor.start(workdir)
@@ -143,7 +154,12 @@ def main():
     print(f"\nWhere the storm's CPU goes at {args.rate:,} connections/s, {time.strftime('%Y-%m-%d')}, "
           f"{uname.release}, {os.cpu_count()} CPUs: {args.rounds} rounds of {args.seconds:g} s, "
           f"perf cpu-clock at {FREQ} Hz; median [min – max] of the paired differences\n")
-    print(table(rounds))
+    columns = [("floor − alone", "floor", "alone"), ("sockflow − alone", "sockflow", "alone"),
+               ("sockflow − floor", "sockflow", "floor")]
+    print(table(rounds, columns))
+    if args.what_if:
+        print("\nWhat one design choice costs, against the same round's floor:\n")
+        print(table(rounds, [(name + " − floor", name, "floor") for name, _ in WHAT_IF]))
     print(f"\nraw rounds: {args.json}")
 
 

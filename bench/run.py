@@ -199,8 +199,11 @@ class HooksFloor(Monitor):
 
     name = "sockflow's hooks, empty programs"
 
+    def __init__(self, obj="hooks_floor.bpf.o"):
+        self.obj = os.path.join(REPO, "build", obj)
+
     def start(self, workdir):
-        self.p = subprocess.Popen([HOOKS_FLOOR, os.path.join(REPO, "build", "hooks_floor.bpf.o")],
+        self.p = subprocess.Popen([HOOKS_FLOOR, self.obj],
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         line = self.p.stdout.readline()
         if line.strip() != "attached":
