@@ -62,7 +62,8 @@ CATEGORIES = [
     ("other helpers: cookie, map lookups, task, callback flags",
      [r"__sock_gen_cookie", r"bpf_get_socket_cookie\w*", r"lookup_nulls_elem_raw", r"__htab_map_lookup_elem",
       r"bpf_get_current_task_btf", r"bpf_sock_ops_cb_flags_set", r"bpf_sk_storage_get"]),
-    ("raw tracepoints: dispatch and program", [r"bpf_trace_run\d+", r"__bpf_trace_\w+", r"bpf_prog_\w+_floor_destroy"]),
+    ("raw tracepoints (sockflow's close path): dispatch and programs",
+     [r"bpf_trace_run\d+", r"__bpf_trace_\w+", r"bpf_prog_\w+_(floor_destroy|handle_destroy|handle_reset|handle_error)"]),
 ]
 OTHER = "everything else in the storm's context"
 TOTAL = "total"

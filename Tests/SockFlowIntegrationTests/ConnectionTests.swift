@@ -164,6 +164,53 @@ struct ConnectionTests {
         try run.validateStream()
     }
 
+    @Test("reset by the peer while its process still holds the socket: the close comes at the reset, errno 104")
+    func resetWhileHeld() throws {
+        let server = try Helper(["serve", "--no-accept"])
+        let run = try SockflowRun(["monitor", "--port", String(server.port)])
+        let client = try Helper(["connect", "--port", String(server.port), "--hold-ms", "8000"], waitReady: false)
+        let line = try #require(client.out.wait(timeout: 10) { $0.first { $0.hasPrefix("connected") } })
+        let cport = try #require(line.split(separator: " ").first { $0.hasPrefix("lport=") }.flatMap { Int($0.dropFirst(6)) })
+        try run.waitFor("client established") { $0.event == "established" && $0.localPort == cport }
+        // The listener closes with the connection still in its accept queue: the
+        // kernel resets it, and the client's socket dies under its process.
+        server.finish()
+        let close = try run.waitFor("client close", timeout: 5) { $0.event == "close" && $0.localPort == cport }
+        #expect(client.process.isRunning, "reported while the client still holds the socket")
+        #expect(close.string("reason") == "reset")
+        #expect(close.int("errno") == Int(ECONNRESET))
+        #expect(close.pid == Int(client.process.processIdentifier))
+        let serverClose = try run.waitFor("server close") { $0.event == "close" && $0.remotePort == cport }
+        #expect(serverClose.string("reason") == "aborted", "never accepted")
+        Helper.reap(client.process)
+        #expect(run.stop() == 0)
+        let (c, _) = flowRecords(run, clientPort: cport)
+        #expect(c.map(\.event) == ["connect", "established", "close"], "one close, not another at close()")
+        try run.validateStream()
+    }
+
+    @Test("a connection that outlives its kernel slot (64 slots, 100 newer connections): its close still comes, whole")
+    func outlivesSlot() throws {
+        let server = try Helper(["serve", "--workers", "2"])
+        let run = try SockflowRun(["monitor", "--port", String(server.port), "--max-flows", "64"])
+        let held = try Helper(["connect", "--port", String(server.port), "--send", "3", "--hold-ms", "6000"], waitReady: false)
+        let line = try #require(held.out.wait(timeout: 10) { $0.first { $0.hasPrefix("connected") } })
+        let hport = try #require(line.split(separator: " ").first { $0.hasPrefix("lport=") }.flatMap { Int($0.dropFirst(6)) })
+        for _ in 0..<100 {
+            let c = try Helper.run(["connect", "--port", String(server.port)])
+            #expect(c["errno"] == "0")
+        }
+        let close = try run.waitFor("the held connection's close", timeout: 15) { $0.event == "close" && $0.localPort == hport }
+        server.finish()
+        #expect(run.stop() == 0)
+        #expect(close.string("reason") == "normal")
+        #expect(close.pid == Int(held.process.processIdentifier), "the owner user space kept")
+        #expect(close.int("bytes_out") == 3 && close.int("bytes_in") == 0)
+        #expect((close.int("duration_ns") ?? 0) > 1_000_000_000)
+        #expect(run.records.filter { $0.event == "close" && $0.localPort == hport }.count == 1)
+        try run.validateStream()
+    }
+
     @Test("connect to a closed port: 'refused', errno 111, no established")
     func refused() throws {
         let free = try Helper(["listen"])  // a port that is surely free once this closes
