@@ -238,9 +238,10 @@ static __noinline void fill_task(struct sf_task *t)
 }
 
 /* A TCP socket's identity and endpoints, read from the socket itself: the same
- * code for every sockops op and for accept, one copy of it per program
- * (__noinline). */
-static __noinline void fill_sock(struct sf_sock *s, struct sock *sk)
+ * code for every sockops op, accept and close. Inlined: as a subprogram its call
+ * and return cost more than its body here (bench-profile, A/B of both builds
+ * over 6 rounds: about 220 ns less per connection cycle inlined). */
+static __always_inline void fill_sock(struct sf_sock *s, struct sock *sk)
 {
 	struct sock_common *skc = &sk->__sk_common;
 	/* the local port from inet_sport: skc_num is cleared when a closing socket
