@@ -5,11 +5,8 @@
  *
  * Only hooks that load on kernels without kprobes/fentry/LSM are used:
  *   sockops (attached to a cgroup v2)  TCP_LISTEN_CB, TCP_CONNECT_CB (process context),
- *                                      ACTIVE/PASSIVE_ESTABLISHED_CB (any context)
+ *                                      ACTIVE/PASSIVE_ESTABLISHED_CB, STATE_CB (any context)
  *   tracepoint syscalls:sys_exit_accept4 / sys_exit_accept  (process context)
- *   raw tracepoints tcp_destroy_sock, tcp_send_reset,       the close: when the socket is
- *   inet_sk_error_report (any context)                      destroyed, or earlier at an
- *                                                           abort or an error that ends it
  *
  * Attribution happens in process context only: the owner is taken at listen(),
  * connect() and when accept() returns, and written into those records; user space
@@ -24,8 +21,7 @@
  * user space kept. Measured per connection cycle (bpf_stats, 20k conn/s): socket-
  * local storage cost about 2 us more (kmalloc, memcg charge, clone, RCU free), a
  * preallocated hash about 1 us more in its updates and deletes alone (bucket
- * locks, freelist, accesses that miss the TLB in a large vmalloc'd map). Whether a
- * connection is tracked at all is a callback flag on the socket (SF_TRACKED_FLAG).
+ * locks, freelist, accesses that miss the TLB in a large vmalloc'd map). Whether a socket is tracked at all is its STATE_CB flag, set by us.
  * Listeners, few and long-lived, are kept in a small hash by cookie.
  *
  * A new inbound flow finds its listener by (netns, port, address), exact then
@@ -201,12 +197,6 @@ static __always_inline void submit_with_task(struct sf_event *e)
 	bpf_ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
 }
 
-/* Casts a kernel pointer to a typed, read-only one (the verifier turns the call
- * into a move): loads through it are plain instructions the JIT guards against
- * faults, where a helper call (bpf_skc_to_tcp_sock, bpf_probe_read_kernel) costs
- * a call and a return, each dear with this CPU's return-thunk mitigations. */
-extern void *bpf_rdonly_cast(const void *obj__ign, __u32 btf_id) __ksym;
-
 /* The current task, in process context only. */
 static __noinline void fill_task(struct sf_task *t)
 {
@@ -244,14 +234,11 @@ static __noinline void fill_task(struct sf_task *t)
 static __always_inline void fill_sock(struct sf_sock *s, struct sock *sk)
 {
 	struct sock_common *skc = &sk->__sk_common;
-	/* the local port from inet_sport: skc_num is cleared when a closing socket
-	 * gives its port back, before the socket is destroyed */
-	struct inet_sock *inet = bpf_rdonly_cast(sk, bpf_core_type_id_kernel(struct inet_sock));
 	__u16 family = skc->skc_family;
 
 	s->family = family;
 	s->protocol = IPPROTO_TCP;
-	s->lport = bpf_ntohs(inet->inet_sport);
+	s->lport = skc->skc_num;
 	s->rport = bpf_ntohs(skc->skc_dport);
 	s->netns = skc->skc_net.net->ns.inum;
 	if (family == AF_INET) {
@@ -274,6 +261,12 @@ static __always_inline __u32 ctx_u32(const __u32 *field)
 	return *(const volatile __u32 *)field;
 }
 
+/* Casts a kernel pointer to a typed, read-only one (the verifier turns the call
+ * into a move): loads through it are plain instructions the JIT guards against
+ * faults, where a helper call (bpf_skc_to_tcp_sock, bpf_probe_read_kernel) costs
+ * a call and a return, each dear with this CPU's return-thunk mitigations. */
+extern void *bpf_rdonly_cast(const void *obj__ign, __u32 btf_id) __ksym;
+
 /* The TCP socket behind a sockops context; NULL unless it is a full socket
  * (every op handled here comes with one). */
 static __always_inline struct tcp_sock *skops_tcp(struct bpf_sock_ops *skops)
@@ -291,24 +284,14 @@ static __always_inline __u64 skops_cookie(struct bpf_sock_ops *skops, struct soc
 	return cookie ? cookie : bpf_get_socket_cookie(skops);
 }
 
-/* A connection sockflow tracks carries a mark of its own: the RTO callback flag,
- * whose callback (a retransmission timeout) is rare and returns at once. It is
- * not STATE_CB: that flag makes the kernel call the program on every state
- * change, 8 calls per connection cycle that cost more than the rest of the
- * close path (bench-profile --what-if). The close comes from tcp_destroy_sock,
- * or from tcp_send_reset when this host aborts the connection. */
-#define SF_TRACKED_FLAG BPF_SOCK_OPS_RTO_CB_FLAG
-#define SF_SEND_SHUTDOWN 2 /* SEND_SHUTDOWN in sk_shutdown (include/net/sock.h) */
-#define SF_SOCK_STREAM 1   /* SOCK_STREAM in sk_type */
-
 static __always_inline void track_state(struct bpf_sock_ops *skops)
 {
-	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | SF_TRACKED_FLAG);
+	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
 }
 
 static __always_inline bool tracked(const struct bpf_sock_ops *skops)
 {
-	return skops->bpf_sock_ops_cb_flags & SF_TRACKED_FLAG;
+	return skops->bpf_sock_ops_cb_flags & BPF_SOCK_OPS_STATE_CB_FLAG;
 }
 
 /* What the kernel keeps about a flow, from process context (listen, connect: the
@@ -320,8 +303,6 @@ static __always_inline void keep_state(struct sf_flow_state *st, __u64 cookie, _
 	st->listener_cookie = listener;
 	st->start_ns = now;
 	st->role = role;
-	/* an inbound flow is tracked from its handshake's end, an outbound one from connect() */
-	st->flags = role == SF_ROLE_INBOUND ? SF_STATE_ESTABLISHED : 0;
 	if (owner) {
 		struct task_struct *task = bpf_get_current_task_btf();
 
@@ -361,15 +342,17 @@ static __always_inline void track_conn(struct bpf_sock_ops *skops, __u64 cookie,
 	track_state(skops);
 }
 
-/* Starts tracking a listener, with the current task as its owner. Listeners
- * carry no mark: their children would inherit it before sockflow saw them. */
-static __always_inline void track_listener(__u64 cookie, __u64 now)
+/* Starts tracking a listener, with the current task as its owner. */
+static __always_inline void track_listener(struct bpf_sock_ops *skops, __u64 cookie, __u64 now)
 {
 	struct sf_flow_state st = {};
 
 	keep_state(&st, cookie, SF_ROLE_LISTENER, 0, now, true);
-	if (bpf_map_update_elem(&listening, &cookie, &st, BPF_ANY))
+	if (bpf_map_update_elem(&listening, &cookie, &st, BPF_ANY)) {
 		__sync_fetch_and_add(&untracked_sockets, 1);
+		return;
+	}
+	track_state(skops);
 }
 
 static __always_inline void listener_key(struct sf_listener_key *k, const struct sf_sock *s)
@@ -451,7 +434,7 @@ static __always_inline int on_listen(struct bpf_sock_ops *skops, struct bpf_sock
 		return 1;
 	cookie = skops_cookie(skops, sk);
 	now = bpf_ktime_get_boot_ns();
-	track_listener(cookie, now);
+	track_listener(skops, cookie, now);
 	e = reserve_at(SF_KIND_LISTEN, now);
 	if (!e)
 		return 1;
@@ -505,7 +488,6 @@ static __always_inline int on_active_established(struct bpf_sock_ops *skops, str
 	e->role = SF_ROLE_OUTBOUND;
 	st = conn_state(cookie);
 	if (st) {
-		st->flags |= SF_STATE_ESTABLISHED;
 		e->start_ns = st->start_ns;
 		keep_owner(&e->task, st);
 	}
@@ -540,9 +522,69 @@ static __always_inline int on_passive_established(struct bpf_sock_ops *skops, st
 	return 1;
 }
 
-#define SF_SOCKOPS_HANDLED                                                    \
-	(1U << BPF_SOCK_OPS_TCP_LISTEN_CB | 1U << BPF_SOCK_OPS_TCP_CONNECT_CB | \
-	 1U << BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB | 1U << BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB)
+/* STATE_CB runs at the top of tcp_set_state(), before the socket is unhashed:
+ * endpoints, counters and sk_err are still those of the flow. Only sockets we set
+ * the flag on (or children of our listeners, which inherit it) get here. */
+static __always_inline int on_close(struct bpf_sock_ops *skops, struct tcp_sock *tp)
+{
+	struct sock *sk = &tp->inet_conn.icsk_inet.sk;
+	struct sf_flow_state *st;
+	struct sf_event *e;
+	__u8 old = skops->args[0];
+	__u64 cookie;
+
+	cookie = skops_cookie(skops, sk);
+	if (old == TCP_LISTEN) {
+		struct sf_sock s = {};
+
+		st = bpf_map_lookup_elem(&listening, &cookie);
+		if (!st)
+			return 1;
+		fill_sock(&s, sk);
+		s.cookie = cookie;
+		unregister_listener(&s); /* even when the record below finds no room */
+	} else {
+		st = conn_state(cookie);
+		/* A child our listener's flag was copied to, which died before its
+		 * handshake completed (accept queue full, out of memory): not a flow. */
+		if (!st && old == TCP_SYN_RECV)
+			return 1;
+	}
+	e = reserve(SF_KIND_CLOSE);
+	if (e) {
+		fill_sock(&e->sock, sk);
+		e->sock.cookie = cookie;
+		if (st) {
+			e->start_ns = st->start_ns;
+			e->listener_cookie = st->listener_cookie;
+			e->role = st->role;
+			keep_owner(&e->task, st);
+		}
+		e->tcp_state = old;
+		e->bytes_received = tp->bytes_received;
+		e->bytes_acked = tp->bytes_acked;
+		e->sk_err = sk->sk_err;
+		/* sk_shutdown cannot tell a received FIN from our own close(); SOCK_DONE can. */
+		if (sk->__sk_common.skc_flags & (1UL << bpf_core_enum_value(enum sock_flags, SOCK_DONE)))
+			e->close_flags |= SF_CLOSE_FIN_RCVD;
+		/* Our FIN went out in these states; it is acked once snd_una reaches write_seq. */
+		if ((old == TCP_FIN_WAIT2 || old == TCP_CLOSING || old == TCP_LAST_ACK) &&
+		    tp->snd_una == tp->write_seq)
+			e->close_flags |= SF_CLOSE_FIN_ACKED;
+		submit(e);
+	}
+	/* a socket that listens again starts a new flow */
+	if (old == TCP_LISTEN)
+		bpf_map_delete_elem(&listening, &cookie);
+	else if (st)
+		st->cookie = 0;
+	return 1;
+}
+
+#define SF_SOCKOPS_HANDLED                                                                 \
+	(1U << BPF_SOCK_OPS_TCP_LISTEN_CB | 1U << BPF_SOCK_OPS_TCP_CONNECT_CB |              \
+	 1U << BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB | 1U << BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB | \
+	 1U << BPF_SOCK_OPS_STATE_CB)
 
 SEC("sockops")
 int handle_sockops(struct bpf_sock_ops *skops)
@@ -552,9 +594,10 @@ int handle_sockops(struct bpf_sock_ops *skops)
 	struct tcp_sock *tp;
 	struct sock *sk;
 
-	/* most calls are ops we do not handle (RTO and window init, ECN, the rare
-	 * RTO callback our mark brings): out before anything else is read */
-	if (op >= 32 || !((1U << op) & SF_SOCKOPS_HANDLED))
+	/* most calls are ops we do not handle (RTO and window init, ECN, state
+	 * changes short of CLOSE): out before anything else is read */
+	if (op >= 32 || !((1U << op) & SF_SOCKOPS_HANDLED) ||
+	    (op == BPF_SOCK_OPS_STATE_CB && skops->args[1] != TCP_CLOSE))
 		return 1;
 	bsk = skops->sk;
 	tp = skops_tcp(skops);
@@ -570,145 +613,10 @@ int handle_sockops(struct bpf_sock_ops *skops)
 		return on_active_established(skops, sk);
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
 		return on_passive_established(skops, bsk, sk);
+	case BPF_SOCK_OPS_STATE_CB:
+		return on_close(skops, tp);
 	}
 	return 1;
-}
-
-/* The close record of a flow, from the socket as its end left it: endpoints,
- * counters and sk_err are still those of the flow. `st` is what sockflow kept
- * (NULL when a newer connection took the slot), `reset` says this host aborted
- * the flow with an RST. */
-static __always_inline void emit_close(struct tcp_sock *tp, __u64 cookie, const struct sf_flow_state *st,
-				       bool reset)
-{
-	struct sock *sk = &tp->inet_conn.icsk_inet.sk;
-	struct sf_event *e = reserve(SF_KIND_CLOSE);
-	bool established = !st || (st->flags & SF_STATE_ESTABLISHED);
-
-	if (!e)
-		return;
-	fill_sock(&e->sock, sk);
-	e->sock.cookie = cookie;
-	if (st) {
-		e->start_ns = st->start_ns;
-		e->listener_cookie = st->listener_cookie;
-		e->role = st->role;
-		keep_owner(&e->task, st);
-	}
-	if (st && st->role == SF_ROLE_LISTENER)
-		e->tcp_state = TCP_LISTEN;
-	else if (!established)
-		e->tcp_state = st->role == SF_ROLE_INBOUND ? TCP_SYN_RECV : TCP_SYN_SENT;
-	else
-		e->tcp_state = reset ? TCP_ESTABLISHED : TCP_CLOSE;
-	e->bytes_received = tp->bytes_received;
-	e->bytes_acked = tp->bytes_acked;
-	e->sk_err = sk->sk_err ? sk->sk_err : st ? st->err : 0;
-	/* sk_shutdown cannot tell a received FIN from our own close(); SOCK_DONE can. */
-	if (sk->__sk_common.skc_flags & (1UL << bpf_core_enum_value(enum sock_flags, SOCK_DONE)))
-		e->close_flags |= SF_CLOSE_FIN_RCVD;
-	/* Our FIN went out if we shut down sending on an established flow and did not
-	 * reset it; it is acked once snd_una reaches write_seq, which counts it. */
-	if (established && !reset && (sk->sk_shutdown & SF_SEND_SHUTDOWN) && tp->snd_una == tp->write_seq)
-		e->close_flags |= SF_CLOSE_FIN_ACKED;
-	submit(e);
-}
-
-static __always_inline struct tcp_sock *raw_tcp_sock(__u64 arg)
-{
-	return bpf_rdonly_cast((void *)arg, bpf_core_type_id_kernel(struct tcp_sock));
-}
-
-/* Every TCP socket passes here once, when it is destroyed: an orphan right as
- * it reaches CLOSE, one its process still holds when the process closes it. */
-SEC("raw_tp/tcp_destroy_sock")
-int handle_destroy(struct bpf_raw_tracepoint_args *ctx)
-{
-	struct tcp_sock *tp = raw_tcp_sock(ctx->args[0]);
-	struct sock *sk = &tp->inet_conn.icsk_inet.sk;
-	__u64 cookie = sk->__sk_common.skc_cookie.counter;
-	struct sf_flow_state *st;
-
-	if (!cookie)
-		return 0; /* nobody asked for its cookie: not a socket sockflow reported */
-	if (tp->bpf_sock_ops_cb_flags & SF_TRACKED_FLAG) {
-		st = conn_slot(cookie);
-		if (st && st->cookie == cookie) {
-			if (!(st->flags & SF_STATE_CLOSED))
-				emit_close(tp, cookie, st, false);
-			st->cookie = 0;
-		} else {
-			emit_close(tp, cookie, NULL, false); /* its slot went to a newer connection */
-		}
-		return 0;
-	}
-	st = bpf_map_lookup_elem(&listening, &cookie);
-	if (st) {
-		struct sf_sock s = {};
-
-		fill_sock(&s, sk);
-		s.cookie = cookie;
-		unregister_listener(&s); /* even when the record finds no room */
-		emit_close(tp, cookie, st, false);
-		bpf_map_delete_elem(&listening, &cookie);
-	}
-	return 0;
-}
-
-/* The kernel reports an error on a socket (a reset or refusal from the peer, a
- * timeout, an ICMP error, an abort): sk_err is kept, since the process that
- * holds the socket clears it when it reads it; and a flow this error ended is
- * reported closed now, not when its process gets round to close(). Orphans
- * are not reported here: they are destroyed at once, sk_err intact. */
-SEC("raw_tp/inet_sk_error_report")
-int handle_error(struct bpf_raw_tracepoint_args *ctx)
-{
-	struct tcp_sock *tp = raw_tcp_sock(ctx->args[0]);
-	struct sock *sk = &tp->inet_conn.icsk_inet.sk;
-	__u64 cookie = sk->__sk_common.skc_cookie.counter;
-	struct sf_flow_state *st;
-
-	/* any inet socket comes here: only a TCP stream socket has tcp_sock fields */
-	if (!cookie || sk->sk_protocol != IPPROTO_TCP || sk->sk_type != SF_SOCK_STREAM ||
-	    !(tp->bpf_sock_ops_cb_flags & SF_TRACKED_FLAG))
-		return 0;
-	st = conn_state(cookie);
-	if (!st || (st->flags & SF_STATE_CLOSED))
-		return 0;
-	st->err = sk->sk_err;
-	if (sk->__sk_common.skc_state == TCP_CLOSE) {
-		emit_close(tp, st->cookie, st, false);
-		st->flags |= SF_STATE_CLOSED;
-	}
-	return 0;
-}
-
-/* This host aborts a connection (close() with unread data, SO_LINGER 0, a
- * destroyed socket): its close is reported now, while endpoints are intact
- * (tcp_disconnect clears them afterwards). A reset that answers a packet has
- * the packet as its second argument and is not a flow's end. */
-SEC("raw_tp/tcp_send_reset")
-int handle_reset(struct bpf_raw_tracepoint_args *ctx)
-{
-	struct tcp_sock *tp;
-	struct sf_flow_state *st;
-	__u64 cookie;
-
-	if (!ctx->args[0] || ctx->args[1])
-		return 0;
-	tp = raw_tcp_sock(ctx->args[0]);
-	if (!(tp->bpf_sock_ops_cb_flags & SF_TRACKED_FLAG))
-		return 0;
-	cookie = tp->inet_conn.icsk_inet.sk.__sk_common.skc_cookie.counter;
-	if (!cookie)
-		return 0;
-	st = conn_state(cookie);
-	if (st && (st->flags & SF_STATE_CLOSED))
-		return 0;
-	emit_close(tp, cookie, st, true);
-	if (st)
-		st->flags |= SF_STATE_CLOSED;
-	return 0;
 }
 
 /* fd -> file -> socket -> sock of the current task. */

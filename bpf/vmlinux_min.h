@@ -78,14 +78,10 @@ struct sock {
 	void *sk_bpf_storage; /* struct bpf_local_storage __rcu *: NULL until a map stores something */
 };
 
-struct inet_sock {
-	struct sock sk;
-	__be16 inet_sport; /* unlike skc_num, kept until the socket is freed */
-};
+struct inet_sock { struct sock sk; };
 struct inet_connection_sock { struct inet_sock icsk_inet; };
 struct tcp_sock {
 	struct inet_connection_sock inet_conn;
-	u8 bpf_sock_ops_cb_flags;
 	u32 rcv_nxt;
 	u32 snd_una;
 	u32 write_seq;

@@ -321,17 +321,6 @@ public final class MonitorProgram {
             links.append(link)
             hooks.append("tracepoint:syscalls:\(name)")
         }
-        for (prog, name) in [
-            (skel.pointee.progs.handle_destroy, "tcp_destroy_sock"),
-            (skel.pointee.progs.handle_reset, "tcp_send_reset"),
-            (skel.pointee.progs.handle_error, "inet_sk_error_report"),
-        ] {
-            errno = 0
-            let link = try unwrap(
-                bpf_program__attach_raw_tracepoint(prog, name), "attach raw tracepoint \(name)")
-            links.append(link)
-            hooks.append("raw_tracepoint:\(name)")
-        }
         if options.policy != nil {
             for (prog, name) in enforcementPrograms where name != "cgroup_skb/ingress" {
                 errno = 0

@@ -114,11 +114,7 @@ struct sf_event {
 	__s32 fd;                   /* accept: the new descriptor */
 	__u32 rule;                 /* verdict: index of the rule in its policy generation */
 	__u16 sk_err;               /* close: sk_err (ECONNREFUSED, ETIMEDOUT, ECONNRESET, ...) */
-	__u8 tcp_state;             /* accept: the state it is in. close: how it ended, as the
-	                               state it would have left: TCP_SYN_SENT/TCP_SYN_RECV before
-	                               the handshake completed, TCP_ESTABLISHED when this host
-	                               aborted it with a reset, TCP_LISTEN for a listener,
-	                               TCP_CLOSE for any other end */
+	__u8 tcp_state;             /* close: the state it left; accept: the state it is in */
 	__u8 role;                  /* enum sf_role */
 	__u8 close_flags;           /* enum sf_close_flags */
 	__u8 hook;                  /* verdict: enum sf_hook (one bit) */
@@ -140,17 +136,7 @@ struct sf_flow_state {
 	__u32 tid;             /* even when the record that named it was lost           */
 	char comm[SF_COMM_LEN];
 	__u8 role;             /* enum sf_role */
-	__u8 flags;            /* enum sf_state_flags */
-	__u16 err;             /* sk_err when the kernel reported an error: the process
-	                          that holds the socket clears sk_err when it reads it */
-	__u8 pad[12];          /* one cache line per slot */
-};
-
-/* struct sf_flow_state.flags */
-enum sf_state_flags {
-	SF_STATE_ESTABLISHED = 1 << 0, /* the handshake completed */
-	SF_STATE_CLOSED = 1 << 1,      /* its close is reported: at a reset this host sent, or at
-	                                  the error that ended it */
+	__u8 pad[15];          /* one cache line per slot */
 };
 
 /* Listeners by where they listen, so a new inbound flow finds its listener:
