@@ -13,7 +13,7 @@ in the storm's context are turned into ns per connection cycle, grouped into the
 categories below, and each configuration is compared with the same round's
 storm alone. The table shows the median with min and max over the rounds.
 
-The BPF categories vary by a few per cent between rounds. "everything else" is
+The BPF categories vary by up to about ten per cent between rounds. "everything else" is
 the rest of the storm's time (TCP, allocation, scheduling) and varies by a few
 µs: that column is the noise the end-to-end figure has to live with. Sampling
 itself slows everything down, so the sum is larger than what `make bench`
@@ -31,6 +31,7 @@ import collections
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -53,7 +54,7 @@ CATEGORIES = [
     ("sockops dispatch (tcp_call_bpf, the cgroup's program array)",
      [r"__cgroup_bpf_run_filter_sock_ops", r"tcp_set_state", r"bpf_prog_\w+_floor_sockops"]),
     ("sockops program", [r"bpf_prog_\w+_handle_sockops"]),
-    ("record fill: socket, task, exe name",
+    ("record fill: task and exe name (fill_task; fill_sock is inlined into the programs)",
      [r"bpf_prog_\w+_fill_(task|sock)", r"strncpy_from_kernel_nofault", r"bpf_probe_read_kernel_str"]),
     ("ring buffer: reserve, submit, wakeups",
      [r"__bpf_ringbuf_reserve", r"bpf_ringbuf_(reserve|submit|query)", r"irq_work_queue", r"native_write_msr",
@@ -62,8 +63,8 @@ CATEGORIES = [
     ("other helpers: cookie, map lookups, task, callback flags",
      [r"__sock_gen_cookie", r"bpf_get_socket_cookie\w*", r"lookup_nulls_elem_raw", r"__htab_map_lookup_elem",
       r"bpf_get_current_task_btf", r"bpf_sock_ops_cb_flags_set", r"bpf_sk_storage_get"]),
-    ("raw tracepoints (sockflow's close path): dispatch and programs",
-     [r"bpf_trace_run\d+", r"__bpf_trace_\w+", r"bpf_prog_\w+_(floor_destroy|handle_destroy|handle_reset|handle_error)"]),
+    ("raw tracepoint tcp_destroy_sock (--what-if): dispatch and program",
+     [r"bpf_trace_run\d+", r"__bpf_trace_\w+", r"bpf_prog_\w+_floor_destroy"]),
 ]
 OTHER = "everything else in the storm's context"
 TOTAL = "total"
@@ -148,7 +149,7 @@ def main():
                 print(f"  profile round {rnd + 1} {name}: {row[name][TOTAL]:.0f} ns/cycle", file=sys.stderr)
             rounds.append(row)
     finally:
-        subprocess.run(["rm", "-rf", workdir])
+        shutil.rmtree(workdir, ignore_errors=True)
     with open(args.json, "w") as f:
         json.dump(rounds, f, indent=1)
     uname = os.uname()

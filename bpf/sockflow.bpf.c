@@ -21,7 +21,8 @@
  * user space kept. Measured per connection cycle (bpf_stats, 20k conn/s): socket-
  * local storage cost about 2 us more (kmalloc, memcg charge, clone, RCU free), a
  * preallocated hash about 1 us more in its updates and deletes alone (bucket
- * locks, freelist, accesses that miss the TLB in a large vmalloc'd map). Whether a socket is tracked at all is its STATE_CB flag, set by us.
+ * locks, freelist, accesses that miss the TLB in a large vmalloc'd map). Whether
+ * a socket is tracked at all is its STATE_CB flag, set by us.
  * Listeners, few and long-lived, are kept in a small hash by cookie.
  *
  * A new inbound flow finds its listener by (netns, port, address), exact then
