@@ -3,21 +3,25 @@
 
     bench/run.py [--rounds 5] [--seconds 2.5] [--no-auditd] [--only SCENARIO,...] [--json FILE]
 
-Every round runs the storm alone (the baseline) and then with each monitor, in the
-same order, so slow drifts of the machine hit every column alike; each ratio is a
-monitor's rate over its own round's baseline, and the table shows the median with
-min and max over the rounds. Monitors: sockflow (JSON to /dev/null, and to a file),
-Debian's libbpf-tools tcpstates and tcplife, and auditd with syscall rules on
-connect/accept/bind/listen. auditd runs last, in a block with its own baselines: once
-audit has been enabled, every new task takes the audited syscall path until reboot.
+Every round runs the storm alone (the baseline) and then with each monitor, in an
+order that rotates from round to round, so neither slow drifts of the machine nor a
+place in the round favour one column; each ratio is a monitor's rate over its own
+round's baseline, and the table shows the median with min and max over the rounds.
+Monitors: sockflow (JSON to /dev/null, and to a file), Debian's libbpf-tools
+tcpstates and tcplife, and auditd with syscall rules on connect/accept/bind/listen.
+auditd runs last, in a block with its own baselines: once audit has been enabled,
+every new task takes the audited syscall path until reboot.
 
 "sockflow's hooks, empty programs" (bench/hooks_floor.bpf.c) attaches the hooks
 sockflow needs on a kernel without kprobes/fentry/LSM -- sockops on the cgroup root,
 the accept syscall tracepoints -- with programs that return at once: the floor
 under sockflow's cost, whatever its programs do. The syscall step runs getppid() in
 a loop: what every syscall on the machine pays once a syscall tracepoint is on.
-The fixed-rate step runs --fixed-rounds (7) rounds: its differences are small
-next to this VM's round-to-round noise.
+The fixed-rate step runs --fixed-rounds (11) rounds, and one more baseline after
+the last: its differences are small next to this VM's drift from one run to the
+next, so each monitor run is compared with the mean of the baselines before and
+after its round. tcplife runs in its first 3 rounds only: it adds more than ten
+times the target there.
 
 Columns:
   rate        storm cycles/s, median [min-max]
@@ -68,6 +72,8 @@ SCENARIO_MONITORS = {
     "conn1_20k": ("sockflow-null", "tcplife", "floor"),
     "syscall": ("sockflow-null", "floor"),
 }
+# Monitors that run in the first few rounds of a scenario only.
+FEW_ROUNDS = {"conn1_20k": {"tcplife": 3}}
 
 
 def cpu_per_cycle(storm):
@@ -488,12 +494,16 @@ def summarize(rows, fixed_rate):
             rates = [s["storm"]["rate"] for s in samples]
             per_cycle = [cpu_per_cycle(s["storm"]) * 1e6 for s in samples]
             ratios, added = [], []
-            for rr in rounds.values():
+            for rnd, rr in rounds.items():
                 if name in rr and "storm alone" in rr:
                     base = rr["storm alone"]["storm"]
                     me = rr[name]["storm"]
                     ratios.append(me["rate"] / base["rate"])
-                    added.append((cpu_per_cycle(me) - cpu_per_cycle(base)) * 1e6)
+                    # the baselines before and after the round, where there is one after
+                    after = rounds.get(rnd + 1, {}).get("storm alone")
+                    base_cpu = cpu_per_cycle(base) if after is None else \
+                        (cpu_per_cycle(base) + cpu_per_cycle(after["storm"])) / 2
+                    added.append((cpu_per_cycle(me) - base_cpu) * 1e6)
             label = scenario + (" (after audit)" if block == "audit" else "")
             if name == "storm alone":
                 cpu = rec = rss = "–"
@@ -540,7 +550,7 @@ def main():
     ap.add_argument("--seconds", type=float, default=2.0)
     ap.add_argument("--only", default="conn1,conn2,listen1,conn1_20k,syscall")
     ap.add_argument("--monitors", default="sockflow-null,sockflow-file,tcpstates,tcplife,floor")
-    ap.add_argument("--fixed-rounds", type=int, default=7,
+    ap.add_argument("--fixed-rounds", type=int, default=11,
                     help="rounds of the fixed-rate scenario, whose differences are small next to this VM's noise")
     ap.add_argument("--no-auditd", action="store_true")
     ap.add_argument("--soak", type=float, default=15, help="seconds of 20k conn/s churn in the memory step (0: skip it)")
@@ -567,8 +577,11 @@ def main():
         monitors = [m for m in chosen if m in SCENARIO_MONITORS[scenario]]
         seconds = min(args.seconds, 1.0) if scenario == "syscall" else args.seconds
         rounds = max(args.rounds, args.fixed_rounds) if scenario == "conn1_20k" else args.rounds
-        for rnd in range(rounds):
-            for name in [None] + monitors:
+        for rnd in range(rounds + (scenario == "conn1_20k")):
+            turn = rnd % len(monitors) if monitors else 0
+            order = [m for m in monitors[turn:] + monitors[:turn]
+                     if rnd < rounds and rnd < FEW_ROUNDS.get(scenario, {}).get(m, rounds)]
+            for name in [None] + order:
                 row = measure(scenario, make[name]() if name else None, seconds, workdir)
                 row.update(round=rnd, block="main")
                 rows.append(row)
