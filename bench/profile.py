@@ -13,11 +13,11 @@ in the storm's context are turned into ns per connection cycle, grouped into the
 categories below, and each configuration is compared with the same round's
 storm alone. The table shows the median with min and max over the rounds.
 
-The BPF categories vary by up to about ten per cent between rounds. "everything else" is
-the rest of the storm's time (TCP, allocation, scheduling) and varies by a few
-µs: that column is the noise the end-to-end figure has to live with. Sampling
-itself slows everything down, so the sum is larger than what `make bench`
-measures without perf; use the categories to compare, not the total.
+The BPF categories vary by up to about ten per cent between rounds. "everything
+else" is the rest of the storm's time (TCP, allocation, scheduling) and varies
+by a few µs: that column is the noise the end-to-end figure has to live with.
+Sampling itself slows everything down, so the sum is larger than what `make
+bench` measures without perf; use the categories to compare, not the total.
 PROFILE_FREQ sets another sampling rate.
 
 --what-if adds two variants of the floor that price one design choice each:
@@ -55,7 +55,7 @@ CATEGORIES = [
      [r"__cgroup_bpf_run_filter_sock_ops", r"tcp_set_state", r"bpf_prog_\w+_floor_sockops"]),
     ("sockops program", [r"bpf_prog_\w+_handle_sockops"]),
     ("record fill: task and exe name (fill_task; fill_sock is inlined into the programs)",
-     [r"bpf_prog_\w+_fill_(task|sock)", r"strncpy_from_kernel_nofault", r"bpf_probe_read_kernel_str"]),
+     [r"bpf_prog_\w+_fill_task", r"strncpy_from_kernel_nofault", r"bpf_probe_read_kernel_str"]),
     ("ring buffer: reserve, submit, wakeups",
      [r"__bpf_ringbuf_reserve", r"bpf_ringbuf_(reserve|submit|query)", r"irq_work_queue", r"native_write_msr",
       r"native_apic_msr_write"]),
@@ -89,10 +89,10 @@ def storm_profile(rate, seconds, data):
     subprocess.run(["perf", "record", "-q", "-a", "-F", str(FREQ), "-o", data, "--", "sleep", str(seconds)],
                    check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     out, _ = storm.communicate(timeout=60)
-    fields = dict(kv.split("=", 1) for kv in out.split())
+    fields = bench.parse_storm(out)
     report = subprocess.run(["perf", "report", "-i", data, "--comm", "storm", "--no-children", "-n", "--sort", "sym",
                              "--stdio"], capture_output=True, text=True, check=True).stdout
-    cycles = float(fields["rate"]) * seconds  # cycles in the sampled window
+    cycles = fields["rate"] * seconds  # cycles in the sampled window
     ns = collections.Counter()
     for line in report.splitlines():
         m = re.match(r"\s*[\d.]+%\s+(\d+)\s+\[.\]\s+(\S+)", line)

@@ -89,11 +89,16 @@ def expected_records(scenario, storm):
     return 6 * storm["cycles"] + 2 * storm["listeners"]
 
 
-def run_storm(scenario, seconds):
-    out = subprocess.run([STORM] + storm_args(scenario, seconds), capture_output=True, text=True, check=True).stdout
+def parse_storm(out):
+    """The storm's one-line report, `key=value ...`, with numbers as numbers."""
     fields = dict(kv.split("=", 1) for kv in out.split())
     return {k: (float(v) if k in ("seconds", "rate", "utime", "stime") else int(v) if v.isdigit() else v)
             for k, v in fields.items()}
+
+
+def run_storm(scenario, seconds):
+    return parse_storm(subprocess.run([STORM] + storm_args(scenario, seconds), capture_output=True, text=True,
+                                      check=True).stdout)
 
 
 def cpu_seconds(pid):
@@ -578,10 +583,10 @@ def main():
         seconds = min(args.seconds, 1.0) if scenario == "syscall" else args.seconds
         rounds = max(args.rounds, args.fixed_rounds) if scenario == "conn1_20k" else args.rounds
         for rnd in range(rounds + (scenario == "conn1_20k")):
-            turn = rnd % len(monitors) if monitors else 0
-            order = [m for m in monitors[turn:] + monitors[:turn]
-                     if rnd < rounds and rnd < FEW_ROUNDS.get(scenario, {}).get(m, rounds)]
-            for name in [None] + order:
+            # this round's monitors, in an order that rotates among them
+            active = [m for m in monitors if rnd < min(rounds, FEW_ROUNDS.get(scenario, {}).get(m, rounds))]
+            turn = rnd % len(active) if active else 0
+            for name in [None] + active[turn:] + active[:turn]:
                 row = measure(scenario, make[name]() if name else None, seconds, workdir)
                 row.update(round=rnd, block="main")
                 rows.append(row)
