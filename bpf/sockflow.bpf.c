@@ -198,10 +198,46 @@ static __always_inline void submit_with_task(struct sf_event *e)
 	bpf_ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
 }
 
-/* The current task, in process context only. */
-static __noinline void fill_task(struct sf_task *t)
+/* Casts a kernel pointer to a typed, read-only one (the verifier turns the call
+ * into a move): loads through it are plain instructions the JIT guards against
+ * faults, where a helper call (bpf_skc_to_tcp_sock, bpf_probe_read_kernel) costs
+ * a call and a return, each dear with this CPU's return-thunk mitigations. */
+extern void *bpf_rdonly_cast(const void *obj__ign, __u32 btf_id) __ksym;
+
+/* A dentry's name into a 40-byte field, NUL-terminated, cut if longer: five
+ * 8-byte loads through an untyped read-only pointer (the JIT guards them against
+ * faults) instead of bpf_probe_read_kernel_str(), whose helper call and
+ * byte-by-byte copy cost more than the rest of fill_task on this CPU. 40 bytes
+ * are always there to read: a name shorter than that is kept inside the dentry
+ * (DNAME_INLINE_LEN, 40 on 64-bit), a longer one in an allocation of its own.
+ * The bytes after the terminating NUL are cleared: an inline name buffer keeps
+ * what an earlier, longer name left in it. */
+_Static_assert(SF_EXE_NAME_LEN == 40, "copy_name copies five words");
+static __always_inline void copy_name(char *dst, const unsigned char *name)
 {
-	struct task_struct *task = bpf_get_current_task_btf();
+	const __u64 *src = bpf_rdonly_cast(name, 0);
+	__u64 *out = (__u64 *)dst, done = 0;
+
+#pragma unroll
+	for (int i = 0; i < SF_EXE_NAME_LEN / 8; i++) {
+		__u64 w = done ? 0 : src[i];
+		/* lowest zero byte of w (little-endian): bytes after it may be flagged
+		 * too, by the borrow, but never a byte before it */
+		__u64 zero = (w - 0x0101010101010101ULL) & ~w & 0x8080808080808080ULL;
+
+		if (zero) {
+			w &= ((zero & -zero) >> 7) - 1;
+			done = 1;
+		}
+		out[i] = w;
+	}
+	dst[SF_EXE_NAME_LEN - 1] = 0;
+}
+
+/* The current task (bpf_get_current_task_btf(), a helper call: asked once per
+ * program run), in process context only. */
+static __always_inline void fill_task(struct sf_task *t, struct task_struct *task)
+{
 	struct task_struct *leader = task->group_leader;
 	const struct cred *cred = task->cred;
 	struct mm_struct *mm = task->mm;
@@ -222,8 +258,7 @@ static __noinline void fill_task(struct sf_task *t)
 		if (exe) {
 			t->exe_ino = exe->f_inode->i_ino;
 			t->exe_dev = exe->f_inode->i_sb->s_dev;
-			bpf_probe_read_kernel_str(t->exe_name, sizeof(t->exe_name),
-						  exe->f_path.dentry->d_name.name);
+			copy_name(t->exe_name, exe->f_path.dentry->d_name.name);
 		}
 	}
 }
@@ -262,12 +297,6 @@ static __always_inline __u32 ctx_u32(const __u32 *field)
 	return *(const volatile __u32 *)field;
 }
 
-/* Casts a kernel pointer to a typed, read-only one (the verifier turns the call
- * into a move): loads through it are plain instructions the JIT guards against
- * faults, where a helper call (bpf_skc_to_tcp_sock, bpf_probe_read_kernel) costs
- * a call and a return, each dear with this CPU's return-thunk mitigations. */
-extern void *bpf_rdonly_cast(const void *obj__ign, __u32 btf_id) __ksym;
-
 /* The TCP socket behind a sockops context; NULL unless it is a full socket
  * (every op handled here comes with one). */
 static __always_inline struct tcp_sock *skops_tcp(struct bpf_sock_ops *skops)
@@ -285,9 +314,13 @@ static __always_inline __u64 skops_cookie(struct bpf_sock_ops *skops, struct soc
 	return cookie ? cookie : bpf_get_socket_cookie(skops);
 }
 
+/* A child of a tracked listener has the flag already: the kernel copies it. */
 static __always_inline void track_state(struct bpf_sock_ops *skops)
 {
-	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+	__u32 flags = skops->bpf_sock_ops_cb_flags;
+
+	if (!(flags & BPF_SOCK_OPS_STATE_CB_FLAG))
+		bpf_sock_ops_cb_flags_set(skops, flags | BPF_SOCK_OPS_STATE_CB_FLAG);
 }
 
 static __always_inline bool tracked(const struct bpf_sock_ops *skops)
@@ -296,20 +329,19 @@ static __always_inline bool tracked(const struct bpf_sock_ops *skops)
 }
 
 /* What the kernel keeps about a flow, from process context (listen, connect: the
- * current task is the owner) or softirq (an inbound handshake: no owner yet). */
+ * current task is the owner) or softirq (an inbound handshake: no owner yet,
+ * `owner` is NULL). */
 static __always_inline void keep_state(struct sf_flow_state *st, __u64 cookie, __u8 role, __u64 listener,
-				       __u64 now, bool owner)
+				       __u64 now, struct task_struct *owner)
 {
 	st->cookie = cookie;
 	st->listener_cookie = listener;
 	st->start_ns = now;
 	st->role = role;
 	if (owner) {
-		struct task_struct *task = bpf_get_current_task_btf();
-
-		st->pid = task->tgid;
-		st->tid = task->pid;
-		__builtin_memcpy(st->comm, task->comm, sizeof(st->comm));
+		st->pid = owner->tgid;
+		st->tid = owner->pid;
+		__builtin_memcpy(st->comm, owner->comm, sizeof(st->comm));
 	} else {
 		st->pid = 0;
 		st->tid = 0;
@@ -334,7 +366,7 @@ static __always_inline struct sf_flow_state *conn_state(__u64 cookie)
 
 /* Starts tracking a connection: its close will be reported. */
 static __always_inline void track_conn(struct bpf_sock_ops *skops, __u64 cookie, __u8 role, __u64 listener,
-				       __u64 now, bool owner)
+				       __u64 now, struct task_struct *owner)
 {
 	struct sf_flow_state *st = conn_slot(cookie);
 
@@ -344,11 +376,12 @@ static __always_inline void track_conn(struct bpf_sock_ops *skops, __u64 cookie,
 }
 
 /* Starts tracking a listener, with the current task as its owner. */
-static __always_inline void track_listener(struct bpf_sock_ops *skops, __u64 cookie, __u64 now)
+static __always_inline void track_listener(struct bpf_sock_ops *skops, __u64 cookie, __u64 now,
+					   struct task_struct *task)
 {
 	struct sf_flow_state st = {};
 
-	keep_state(&st, cookie, SF_ROLE_LISTENER, 0, now, true);
+	keep_state(&st, cookie, SF_ROLE_LISTENER, 0, now, task);
 	if (bpf_map_update_elem(&listening, &cookie, &st, BPF_ANY)) {
 		__sync_fetch_and_add(&untracked_sockets, 1);
 		return;
@@ -428,6 +461,7 @@ static __always_inline __u64 find_listener(struct bpf_sock *sk, struct sock *ful
 
 static __always_inline int on_listen(struct bpf_sock_ops *skops, struct bpf_sock *bsk, struct sock *sk)
 {
+	struct task_struct *task;
 	struct sf_event *e;
 	__u64 cookie, now;
 
@@ -435,14 +469,15 @@ static __always_inline int on_listen(struct bpf_sock_ops *skops, struct bpf_sock
 		return 1;
 	cookie = skops_cookie(skops, sk);
 	now = bpf_ktime_get_boot_ns();
-	track_listener(skops, cookie, now);
+	task = bpf_get_current_task_btf();
+	track_listener(skops, cookie, now, task);
 	e = reserve_at(SF_KIND_LISTEN, now);
 	if (!e)
 		return 1;
 	fill_sock(&e->sock, sk);
 	e->sock.cookie = cookie;
 	register_listener(bsk, sk, &e->sock);
-	fill_task(&e->task);
+	fill_task(&e->task, task);
 	e->start_ns = now;
 	e->role = SF_ROLE_LISTENER;
 	e->backlog = sk->sk_max_ack_backlog;
@@ -452,6 +487,7 @@ static __always_inline int on_listen(struct bpf_sock_ops *skops, struct bpf_sock
 
 static __always_inline int on_connect(struct bpf_sock_ops *skops, struct sock *sk)
 {
+	struct task_struct *task;
 	struct sf_event *e;
 	__u64 cookie, now;
 
@@ -459,13 +495,14 @@ static __always_inline int on_connect(struct bpf_sock_ops *skops, struct sock *s
 		return 1;
 	cookie = skops_cookie(skops, sk);
 	now = bpf_ktime_get_boot_ns();
-	track_conn(skops, cookie, SF_ROLE_OUTBOUND, 0, now, true);
+	task = bpf_get_current_task_btf();
+	track_conn(skops, cookie, SF_ROLE_OUTBOUND, 0, now, task);
 	e = reserve_at(SF_KIND_CONNECT, now);
 	if (!e)
 		return 1;
 	fill_sock(&e->sock, sk);
 	e->sock.cookie = cookie;
-	fill_task(&e->task);
+	fill_task(&e->task, task);
 	e->start_ns = now;
 	e->role = SF_ROLE_OUTBOUND;
 	submit_with_task(e);
@@ -511,7 +548,7 @@ static __always_inline int on_passive_established(struct bpf_sock_ops *skops, st
 	fill_sock(&s, sk);
 	s.cookie = cookie;
 	listener = find_listener(bsk, sk, &s);
-	track_conn(skops, cookie, SF_ROLE_INBOUND, listener, now, false);
+	track_conn(skops, cookie, SF_ROLE_INBOUND, listener, now, NULL);
 	e = reserve_at(SF_KIND_ESTABLISHED, now);
 	if (!e)
 		return 1;
@@ -625,12 +662,13 @@ static __always_inline struct sock *fd_sock(struct task_struct *task, long fd)
 {
 	struct fdtable *fdt = task->files->fdt;
 	struct file **fds = fdt->fd;
-	struct file *f = NULL;
+	struct file *f;
 	struct socket *so;
 
 	if (fd >= fdt->max_fds)
 		return NULL;
-	if (bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]) || !f)
+	f = ((struct file *const *)bpf_rdonly_cast(fds, 0))[fd];
+	if (!f)
 		return NULL;
 	f = bpf_rdonly_cast(f, bpf_core_type_id_kernel(struct file));
 	so = bpf_rdonly_cast(f->private_data, bpf_core_type_id_kernel(struct socket));
@@ -641,6 +679,7 @@ static __always_inline struct sock *fd_sock(struct task_struct *task, long fd)
 
 static __always_inline int on_accept(long fd)
 {
+	struct task_struct *task;
 	struct sock_common *skc;
 	struct sf_event *e;
 	struct sock *sk;
@@ -650,7 +689,8 @@ static __always_inline int on_accept(long fd)
 		return 0;
 	if (cfg.filter_cgroup && bpf_current_task_under_cgroup(&scope, 0) != 1)
 		return 0;
-	sk = fd_sock(bpf_get_current_task_btf(), fd);
+	task = bpf_get_current_task_btf();
+	sk = fd_sock(task, fd);
 	if (!sk)
 		return 0;
 	skc = &sk->__sk_common;
@@ -670,7 +710,7 @@ static __always_inline int on_accept(long fd)
 	e->tcp_state = skc->skc_state;
 	e->fd = fd;
 	e->role = SF_ROLE_INBOUND;
-	fill_task(&e->task);
+	fill_task(&e->task, task);
 	submit_with_task(e);
 	return 0;
 }
@@ -1001,7 +1041,7 @@ static __always_inline void report(const struct sf_decision *d, __u32 hook, __u1
 		struct task_struct *t = bpf_get_current_task_btf();
 
 		e->sock.netns = t->nsproxy->net_ns->ns.inum;
-		fill_task(&e->task);
+		fill_task(&e->task, t);
 		submit_with_task(e);
 	} else {
 		submit(e);

@@ -149,6 +149,30 @@ struct ListenTests {
         try run.validateStream()
     }
 
+    @Test("exe_name: the executable's file name as the kernel has it, NUL-terminated, cut at 39 bytes")
+    func exeNameLengths() throws {
+        // The BPF side copies the name in 8-byte words and clears what follows
+        // its end: lengths around the word boundaries, the 40-byte inline limit
+        // of a dentry's name, and a name kept outside the dentry.
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("sfexe-\(getpid())")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let letters = Array("abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+        let names = [1, 7, 8, 9, 15, 16, 23, 24, 31, 32, 38, 39, 40, 41, 60].map { String(letters.prefix($0)) }
+        let run = try SockflowRun(["monitor"])
+        for name in names {
+            let path = dir.appendingPathComponent(name).path
+            try FileManager.default.copyItem(atPath: Paths.helper, toPath: path)
+            let h = try Helper(["listen"], via: ["/bin/sh", "-c", "shift; exec '\(path)' \"$@\"", "sh"])
+            let listen = try listenRecord(run, port: h.port)
+            h.finish()
+            #expect(listen.pid == h.pid)
+            #expect(listen.string("process.exe_name") == String(name.prefix(39)), "a name of \(name.count) bytes")
+        }
+        #expect(run.stop() == 0)
+        try run.validateStream()
+    }
+
     @Test("a process that listens and exits at once: listen and close, kernel fields present, exe never guessed")
     func listenAndExit() throws {
         let run = try SockflowRun(["monitor"])
