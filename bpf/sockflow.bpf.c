@@ -204,20 +204,31 @@ static __always_inline void submit_with_task(struct sf_event *e)
  * a call and a return, each dear with this CPU's return-thunk mitigations. */
 extern void *bpf_rdonly_cast(const void *obj__ign, __u32 btf_id) __ksym;
 
+/* Whether bpf_rdonly_cast(ptr, 0) gives an untyped pointer whose loads the JIT
+ * guards against faults (Linux 6.17+). Resolved when the program is loaded; on
+ * an older kernel the verifier never sees the branches that use it. */
+#define SF_HAVE_VOID_CAST bpf_core_enum_value_exists(enum bpf_features, BPF_FEAT_RDONLY_CAST_TO_VOID)
+
 /* A dentry's name into a 40-byte field, NUL-terminated, cut if longer: five
- * 8-byte loads through an untyped read-only pointer (the JIT guards them against
- * faults) instead of bpf_probe_read_kernel_str(), whose helper call and
- * byte-by-byte copy cost more than the rest of fill_task on this CPU. 40 bytes
- * are always there to read: a name shorter than that is kept inside the dentry
- * (DNAME_INLINE_LEN, 40 on 64-bit), a longer one in an allocation of its own.
- * The bytes after the terminating NUL are cleared: an inline name buffer keeps
- * what an earlier, longer name left in it. */
+ * 8-byte loads through an untyped read-only pointer instead of
+ * bpf_probe_read_kernel_str(), whose helper call and byte-by-byte copy cost more
+ * than the rest of fill_task on this CPU (the helper stays for kernels without
+ * the cast). A kernel with the cast (6.17+) keeps a name shorter than 40 bytes
+ * inside the dentry (DNAME_INLINE_LEN, 40 on 64-bit since 6.14) and a longer one
+ * in an allocation of its own, so all 40 bytes are there to read. The bytes
+ * after the terminating NUL are cleared: an inline name buffer keeps what an
+ * earlier, longer name left in it. */
 _Static_assert(SF_EXE_NAME_LEN == 40, "copy_name copies five words");
 static __always_inline void copy_name(char *dst, const unsigned char *name)
 {
-	const __u64 *src = bpf_rdonly_cast(name, 0);
+	const __u64 *src;
 	__u64 *out = (__u64 *)dst, done = 0;
 
+	if (!SF_HAVE_VOID_CAST) {
+		bpf_probe_read_kernel_str(dst, SF_EXE_NAME_LEN, name);
+		return;
+	}
+	src = bpf_rdonly_cast(name, 0);
 #pragma unroll
 	for (int i = 0; i < SF_EXE_NAME_LEN / 8; i++) {
 		__u64 w = done ? 0 : src[i];
@@ -667,7 +678,10 @@ static __always_inline struct sock *fd_sock(struct task_struct *task, long fd)
 
 	if (fd >= fdt->max_fds)
 		return NULL;
-	f = ((struct file *const *)bpf_rdonly_cast(fds, 0))[fd];
+	if (SF_HAVE_VOID_CAST)
+		f = ((struct file *const *)bpf_rdonly_cast(fds, 0))[fd];
+	else if (bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]))
+		return NULL;
 	if (!f)
 		return NULL;
 	f = bpf_rdonly_cast(f, bpf_core_type_id_kernel(struct file));

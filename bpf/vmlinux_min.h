@@ -157,6 +157,12 @@ struct sf_sys_exit_ctx {
 #define ETH_P_IPV6 0x86DD
 #define PF_KTHREAD 0x00200000
 
+/* Features the BPF verifier announces (Linux 6.17+); a kernel without the enum
+ * has none of them: bpf_core_enum_value_exists() is then false. */
+enum bpf_features {
+	BPF_FEAT_RDONLY_CAST_TO_VOID = 0, /* bpf_rdonly_cast(ptr, 0): untyped, guarded loads */
+};
+
 enum {
 	TCP_ESTABLISHED = 1,
 	TCP_SYN_SENT = 2,

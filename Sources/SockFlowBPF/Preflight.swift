@@ -22,7 +22,7 @@ public enum Preflight {
         if access(btfFile, R_OK) != 0 {
             throw BPFError(
                 "find kernel BTF at \(btfFile)", code: errno,
-                hint: "the kernel needs CONFIG_DEBUG_INFO_BTF=y; sockflow needs Linux 5.11 or newer")
+                hint: "the kernel needs CONFIG_DEBUG_INFO_BTF=y; sockflow needs Linux 6.15 or newer")
         }
     }
 

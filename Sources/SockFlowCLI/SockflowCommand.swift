@@ -10,7 +10,7 @@ public struct SockflowCommand: ParsableCommand {
             sockflow reports every TCP socket that listens, connects, is accepted or \
             closes, with the process that owns it, one JSON object per line on stdout. \
             It needs root (CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN, CAP_SYS_ADMIN) and a \
-            kernel with BTF (Linux 5.11 or newer).
+            kernel with BTF (Linux 6.15 or newer).
             """,
         version: SockFlowVersion.version,
         subcommands: [MonitorCommand.self, RunCommand.self, PolicyCommand.self])
