@@ -13,6 +13,7 @@ two neighbouring runs of one round. Run it as root, with the storm built
 """
 import argparse
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -35,18 +36,20 @@ def main():
     workdir = tempfile.mkdtemp(prefix="sockflow-ab-")
     per_cycle = lambda m: run.cpu_per_cycle(m["storm"]) * 1e6  # noqa: E731
     added = {"old": [], "new": []}
-    for r in range(args.rounds):
-        before = run.measure("conn1_20k", None, args.seconds, workdir)
-        runs = {}
-        for name in (["old", "new"] if r % 2 == 0 else ["new", "old"]):
-            run.SOCKFLOW = builds[name]
-            runs[name] = run.measure("conn1_20k", run.Sockflow(False), args.seconds, workdir)
-        after = run.measure("conn1_20k", None, args.seconds, workdir)
-        base = (per_cycle(before) + per_cycle(after)) / 2
-        for name in added:
-            added[name].append(per_cycle(runs[name]) - base)
-        print("  round %d: storm alone %.2f µs/cycle, old %+.2f, new %+.2f" %
-              (r + 1, base, added["old"][-1], added["new"][-1]), flush=True)
+    try:
+        for r in range(args.rounds):
+            before = run.measure("conn1_20k", None, args.seconds, workdir)
+            runs = {}
+            for name in (["old", "new"] if r % 2 == 0 else ["new", "old"]):
+                runs[name] = run.measure("conn1_20k", run.Sockflow(False, builds[name]), args.seconds, workdir)
+            after = run.measure("conn1_20k", None, args.seconds, workdir)
+            base = (per_cycle(before) + per_cycle(after)) / 2
+            for name in added:
+                added[name].append(per_cycle(runs[name]) - base)
+            print("  round %d: storm alone %.2f µs/cycle, old %+.2f, new %+.2f" %
+                  (r + 1, base, added["old"][-1], added["new"][-1]), flush=True)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
     for name in added:
         v = added[name]
         print("%s: %+.2f µs per connection, median [%+.2f – %+.2f]" % (name, statistics.median(v), min(v), max(v)))

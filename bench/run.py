@@ -166,8 +166,9 @@ class Monitor:
 
 
 class Sockflow(Monitor):
-    def __init__(self, to_file):
+    def __init__(self, to_file, binary=SOCKFLOW):
         self.to_file = to_file
+        self.binary = binary
         self.name = "sockflow → file" if to_file else "sockflow → /dev/null"
 
     def start(self, workdir):
@@ -175,7 +176,7 @@ class Sockflow(Monitor):
         self.out = open(self.out_path, "w")
         self.err_path = os.path.join(workdir, "sockflow.err")
         self.err = open(self.err_path, "w")
-        self.p = subprocess.Popen([SOCKFLOW, "monitor", "--summary"], stdout=self.out, stderr=self.err)
+        self.p = subprocess.Popen([self.binary, "monitor", "--summary"], stdout=self.out, stderr=self.err)
         deadline = time.time() + 20
         while time.time() < deadline:  # ready: the start record is on stderr
             with open(self.err_path) as f:
