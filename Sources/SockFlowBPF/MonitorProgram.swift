@@ -254,8 +254,12 @@ public final class MonitorProgram {
         try check(bpf_link__pin(link, path), "pin \(name) at \(path)")
     }
 
-    /// Removes pinned enforcement (`sockflow policy unload`); the links detach as
-    /// their last reference goes. Returns how many pins there were.
+    /// Removes pinned enforcement (`sockflow policy unload`). Returns how many
+    /// pins there were.
+    ///
+    /// Each link is detached before its pin goes: unlinking a pin alone frees the
+    /// link only after an RCU grace period and a kernel work item, and the
+    /// programs went on denying for up to 4 ms after `policy unload` returned.
     @discardableResult
     public static func removePins() -> Int {
         guard let dir = opendir(pinDirectory) else { return 0 }
@@ -263,7 +267,13 @@ public final class MonitorProgram {
         while let ent = readdir(dir) {
             let name = withUnsafeBytes(of: ent.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
             if name == "." || name == ".." { continue }
-            if unlink(pinDirectory + "/" + name) == 0 { n += 1 }
+            let path = pinDirectory + "/" + name
+            let fd = bpf_obj_get(path)
+            if fd >= 0 {
+                _ = bpf_link_detach(fd)
+                close(fd)
+            }
+            if unlink(path) == 0 { n += 1 }
         }
         closedir(dir)
         rmdir(pinDirectory)

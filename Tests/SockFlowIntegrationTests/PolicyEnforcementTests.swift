@@ -299,9 +299,13 @@ struct PolicyEnforcementTests {
         let run = try enforce(policy, on: cg, ["--persist"])
         #expect(run.stop() == 0)
         #expect(errnoOf(try Helper.run(["connect", "--port", String(port)], via: cg.wrapper)) == EPERM, "enforced with sockflow gone")
-        let out = try runUnload()
-        #expect(out.contains("removed"), "\(out)")
-        #expect(errnoOf(try Helper.run(["connect", "--port", String(port)], via: cg.wrapper)) == ECONNREFUSED)
+        // The connect runs the moment 'policy unload' returns: the programs must
+        // be detached by then, not after an RCU grace period and a kernel work item.
+        let unloadThenConnect = cg.wrapper + ["/bin/sh", "-c", "\"$0\" policy unload && exec \"$@\"", Paths.sockflow]
+        let after = try Helper.run(["connect", "--port", String(port)], via: unloadThenConnect)
+        #expect(after["kind.removed"] == "1", "\(after)")
+        #expect(errnoOf(after) == ECONNREFUSED, "\(after)")
+        #expect(try runUnload().hasPrefix("no pinned enforcement"))
     }
 
     func runUnload() throws -> String {
