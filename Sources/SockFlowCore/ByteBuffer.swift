@@ -103,6 +103,10 @@ public struct ByteBuffer: ~Copyable {
     @usableFromInline static let digitPairs: StaticString =
         "00010203040506070809101112131415161718192021222324252627282930313233343536373839404142434445464748495051525354555657585960616263646566676869707172737475767778798081828384858687888990919293949596979899"
 
+    /// Decimal digits, written back to front two at a time. Above 2^32 the value
+    /// is cut into 8-digit chunks first, so every division is a 32-bit one: the
+    /// 64-bit divide-by-100 (a 128-bit multiply) was the longest dependency chain
+    /// in the consumer's profile.
     public mutating func appendDecimal(_ value: UInt64) {
         if value < 10 {
             append(UInt8(ascii: "0") &+ UInt8(truncatingIfNeeded: value))
@@ -112,26 +116,53 @@ public struct ByteBuffer: ~Copyable {
         reserve(digits)
         var pos = count &+ digits
         var v = value
-        do {
-            let pairs = Self.digitPairs.utf8Start
-            while v >= 100 {
-                let r = Int(v % 100)
-                v /= 100
-                pos &-= 2
-                base[pos] = pairs[2 &* r]
-                base[pos &+ 1] = pairs[2 &* r &+ 1]
-            }
-            if v >= 10 {
-                let r = Int(v)
-                pos &-= 2
-                base[pos] = pairs[2 &* r]
-                base[pos &+ 1] = pairs[2 &* r &+ 1]
-            } else {
-                pos &-= 1
-                base[pos] = UInt8(ascii: "0") &+ UInt8(truncatingIfNeeded: v)
-            }
+        while v > UInt64(UInt32.max) {
+            let chunk = UInt32(truncatingIfNeeded: v % 100_000_000)
+            v /= 100_000_000
+            pos &-= 8
+            writeEightDigits(chunk, at: pos)
         }
+        writeDigits(UInt32(truncatingIfNeeded: v), endingAt: pos)
         count &+= digits
+    }
+
+    /// `v` in exactly 8 digits, zero-padded, at `pos`.
+    @inline(__always) @usableFromInline
+    func writeEightDigits(_ value: UInt32, at pos: Int) {
+        let pairs = Self.digitPairs.utf8Start
+        var v = value
+        var p = pos &+ 8
+        for _ in 0..<4 {
+            let r = Int(v % 100)
+            v /= 100
+            p &-= 2
+            base[p] = pairs[2 &* r]
+            base[p &+ 1] = pairs[2 &* r &+ 1]
+        }
+    }
+
+    /// `v`'s digits (no padding), the last one just before `end`.
+    @inline(__always) @usableFromInline
+    func writeDigits(_ value: UInt32, endingAt end: Int) {
+        let pairs = Self.digitPairs.utf8Start
+        var v = value
+        var pos = end
+        while v >= 100 {
+            let r = Int(v % 100)
+            v /= 100
+            pos &-= 2
+            base[pos] = pairs[2 &* r]
+            base[pos &+ 1] = pairs[2 &* r &+ 1]
+        }
+        if v >= 10 {
+            let r = Int(v)
+            pos &-= 2
+            base[pos] = pairs[2 &* r]
+            base[pos &+ 1] = pairs[2 &* r &+ 1]
+        } else {
+            pos &-= 1
+            base[pos] = UInt8(ascii: "0") &+ UInt8(truncatingIfNeeded: v)
+        }
     }
 
     @inline(__always)
@@ -183,13 +214,24 @@ public struct ByteBuffer: ~Copyable {
         var v = value
         var pos = count &+ width
         let hex = Self.hexDigits.utf8Start
-        for _ in 0..<width {
-            pos &-= 1
-            base[pos] = hex[Int(v & 0xf)]
-            v >>= 4
+        let pairs = Self.hexPairs.utf8Start
+        // a byte (two digits) at a time, then the odd digit if there is one
+        for _ in 0..<(width >> 1) {
+            let b = Int(v & 0xff)
+            pos &-= 2
+            base[pos] = pairs[2 &* b]
+            base[pos &+ 1] = pairs[2 &* b &+ 1]
+            v >>= 8
+        }
+        if width & 1 == 1 {
+            base[pos &- 1] = hex[Int(v & 0xf)]
         }
         count &+= width
     }
+
+    /// "00" ... "ff".
+    static let hexPairs: StaticString =
+        "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f202122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f404142434445464748494a4b4c4d4e4f505152535455565758595a5b5c5d5e5f606162636465666768696a6b6c6d6e6f707172737475767778797a7b7c7d7e7f808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9fa0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babbbcbdbebfc0c1c2c3c4c5c6c7c8c9cacbcccdcecfd0d1d2d3d4d5d6d7d8d9dadbdcdddedfe0e1e2e3e4e5e6e7e8e9eaebecedeeeff0f1f2f3f4f5f6f7f8f9fafbfcfdfeff"
 
     // MARK: strings
 
@@ -301,14 +343,43 @@ public struct ByteBuffer: ~Copyable {
     // MARK: addresses
 
     /// IPv4 dotted quad; IPv6 per RFC 5952 (lowercase, longest zero run compressed).
+    /// Dotted quad, in place: one reserve, no call per octet.
+    @usableFromInline
+    mutating func appendIPv4(_ a: UInt8, _ b: UInt8, _ c: UInt8, _ d: UInt8) {
+        reserve(15)
+        var pos = writeOctet(a, at: count)
+        base[pos] = UInt8(ascii: ".")
+        pos = writeOctet(b, at: pos &+ 1)
+        base[pos] = UInt8(ascii: ".")
+        pos = writeOctet(c, at: pos &+ 1)
+        base[pos] = UInt8(ascii: ".")
+        count = writeOctet(d, at: pos &+ 1)
+    }
+
+    /// An octet's 1 to 3 digits at `pos`; returns the position after them.
+    @inline(__always) @usableFromInline
+    func writeOctet(_ octet: UInt8, at pos: Int) -> Int {
+        let pairs = Self.digitPairs.utf8Start
+        var o = Int(octet)
+        var p = pos
+        if o >= 100 {
+            base[p] = UInt8(ascii: "0") &+ UInt8(truncatingIfNeeded: o / 100)
+            p &+= 1
+            o %= 100
+        } else if o < 10 {
+            base[p] = UInt8(ascii: "0") &+ UInt8(truncatingIfNeeded: o)
+            return p &+ 1
+        }
+        base[p] = pairs[2 &* o]
+        base[p &+ 1] = pairs[2 &* o &+ 1]
+        return p &+ 2
+    }
+
     public mutating func appendAddress(_ a: IPAddress) {
         Swift.withUnsafeBytes(of: a.hi) { h in
             Swift.withUnsafeBytes(of: a.lo) { l in
                 if a.family == .ipv4 {
-                    for i in 0..<4 {
-                        if i > 0 { append(UInt8(ascii: ".")) }
-                        appendDecimal(UInt64(h[i]))
-                    }
+                    appendIPv4(h[0], h[1], h[2], h[3])
                     return
                 }
                 var groups = (UInt16(0), UInt16(0), UInt16(0), UInt16(0), UInt16(0), UInt16(0), UInt16(0), UInt16(0))

@@ -62,11 +62,23 @@ struct JSONWriterTests {
         #expect(b.string == "a\\x0a\\x1b\\xffb")
     }
 
-    @Test("integers", arguments: [UInt64(0), 7, 9, 10, 99, 100, 101, 12345, 4_026_531_840, UInt64.max])
+    @Test("integers", arguments: [UInt64(0), 7, 9, 10, 99, 100, 101, 12345, 99_999_999, 100_000_000, 4_026_531_840,
+                                   4_294_967_295, 4_294_967_296, 10_000_000_000_000_000_000, UInt64.max])
     func decimals(_ v: UInt64) {
         var b = ByteBuffer(capacity: 1)
         b.appendDecimal(v)
         #expect(b.string == String(v))
+    }
+
+    @Test("hex digits, odd and even widths", arguments: 1...16)
+    func hex(_ width: Int) {
+        let v: UInt64 = 0xfedc_ba98_7654_3210
+        var b = ByteBuffer(capacity: 1)
+        b.appendHex(v, width: width)
+        #expect(b.string == String(String(v, radix: 16).suffix(width)))
+        var z = ByteBuffer(capacity: 1)
+        z.appendHex(0xa, width: width)
+        #expect(z.string == String(repeating: "0", count: width - 1) + "a")
     }
 
     @Test func negativeIntegers() {
@@ -107,6 +119,10 @@ struct JSONWriterTests {
 
     @Test func ipv4() throws {
         #expect(try #require(IPAddress("192.168.0.255")).description == "192.168.0.255")
+        // octets of one, two and three digits, at each place
+        for text in ["0.9.10.99", "100.199.200.255", "1.22.103.4", "255.0.255.0"] {
+            #expect(try #require(IPAddress(text)).description == text)
+        }
         #expect(IPAddress("256.1.1.1") == nil)
         #expect(IPAddress("1:2:3") == nil)
         #expect(IPAddress("1::2::3") == nil)
