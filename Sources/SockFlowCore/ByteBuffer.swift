@@ -457,7 +457,12 @@ public struct ByteBuffer: ~Copyable {
             Swift.withUnsafeBytes(of: timePrefix) { UnsafeMutableRawPointer(base + count).copyMemory(from: $0.baseAddress!, byteCount: 20) }
             count &+= 20
         }
-        appendPadded(frac, width: 9); append(UInt8(ascii: "Z"))
+        // nine digits and the Z: the first alone, then eight in pairs
+        reserve(10)
+        base[count] = UInt8(ascii: "0") &+ UInt8(truncatingIfNeeded: frac / 100_000_000)
+        writeEightDigits(UInt32(truncatingIfNeeded: frac % 100_000_000), at: count &+ 1)
+        base[count &+ 9] = UInt8(ascii: "Z")
+        count &+= 10
     }
 
     /// Days since 1970-01-01 to a proleptic Gregorian date (H. Hinnant's algorithm).

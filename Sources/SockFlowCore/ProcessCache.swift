@@ -45,6 +45,11 @@ public final class ProcessInstance: @unchecked Sendable {
     let head: [UInt8]
     let middle: [UInt8]
     let tail: [UInt8]
+    /// The comm of the task the instance was made from, and `middle`, that comm
+    /// as a JSON string and `tail` in one piece: most records of a process come
+    /// from threads with the process's name, and skip escaping it.
+    let commKey: (UInt64, UInt64)
+    let middleCommTail: [UInt8]
 
     init(task t: sf_task, details: ProcessDetails?, cgroup: CgroupDetails?) {
         pid = Int32(bitPattern: t.pid)
@@ -101,6 +106,12 @@ public final class ProcessInstance: @unchecked Sendable {
         }
         b.append(UInt8(ascii: "}"))
         tail = b.bytes
+        commKey = Swift.withUnsafeBytes(of: t.comm) { $0.loadUnaligned(as: (UInt64, UInt64).self) }
+        b.removeAll()
+        middle.withUnsafeBytes { b.append($0) }
+        b.appendJSONString(cString: commKey)
+        tail.withUnsafeBytes { b.append($0) }
+        middleCommTail = b.bytes
     }
 
     /// Does the kernel's view of the task still match this instance?

@@ -160,9 +160,13 @@ public enum RecordEncoder {
         let inst = p.instance
         inst.head.withUnsafeBytes { b.append($0) }
         b.appendDecimal(Int64(p.tid))
-        inst.middle.withUnsafeBytes { b.append($0) }
-        b.appendJSONString(cString: p.commBytes)
-        inst.tail.withUnsafeBytes { b.append($0) }
+        if p.commBytes == inst.commKey {
+            inst.middleCommTail.withUnsafeBytes { b.append($0) }
+        } else {
+            inst.middle.withUnsafeBytes { b.append($0) }
+            b.appendJSONString(cString: p.commBytes)
+            inst.tail.withUnsafeBytes { b.append($0) }
+        }
     }
 
     static func streamStart(_ s: StreamDetails, into b: inout ByteBuffer) {

@@ -96,12 +96,20 @@ struct JSONWriterTests {
             (1_795_294_800_123_456_789, "2026-11-21T21:00:00.123456789Z"),
             (951_782_400_000_000_001, "2000-02-29T00:00:00.000000001Z"),
             (4_107_542_399_999_999_999, "2100-02-28T23:59:59.999999999Z"),
+            (1_795_294_800_100_000_000, "2026-11-21T21:00:00.100000000Z"),
+            (1_795_294_800_900_000_009, "2026-11-21T21:00:00.900000009Z"),
         ]
         for (ns, text) in cases {
             var b = ByteBuffer()
             b.appendRFC3339(nanosecondsSinceEpoch: ns)
             #expect(b.string == text)
         }
+        // one buffer: the second time in the same second comes from the cached prefix
+        var b = ByteBuffer()
+        b.appendRFC3339(nanosecondsSinceEpoch: 1_795_294_800_123_456_789)
+        b.appendRFC3339(nanosecondsSinceEpoch: 1_795_294_800_987_654_321)
+        b.appendRFC3339(nanosecondsSinceEpoch: 1_795_294_801_000_000_000)
+        #expect(b.string == "2026-11-21T21:00:00.123456789Z2026-11-21T21:00:00.987654321Z2026-11-21T21:00:01.000000000Z")
     }
 
     @Test("IPv6 text per RFC 5952", arguments: [

@@ -22,6 +22,27 @@ struct RecordBuilderTests {
         #expect(line.hasSuffix("}\n"))
     }
 
+    @Test("each record names the thread that acted: its tid and its own comm, escaped, within one process instance")
+    func threadComm() throws {
+        let (builder, sink) = makeBuilder()
+        for (i, (tid, comm)) in [(UInt32(50), "server"), (51, "worker \"1\""), (52, "server"), (53, "tab\there")].enumerated() {
+            var r = RecordBytes.event(kind: 1, cookie: UInt64(100 + i))
+            r.ipv4(local: [0, 0, 0, 0], lport: UInt16(8000 + i))
+            r.task(pid: 50, tid: tid, comm: comm, exeName: "server")
+            builder.handle(try r.decode())
+        }
+        let procs = sink.records.map { json($0) }.map { line in
+            String(line[line.range(of: #""process":"#)!.upperBound...].prefix { $0 != "}" })
+        }
+        let rest = #","ppid":1,"uid":1000,"gid":1000,"comm":"#
+        #expect(procs == [
+            #"{"pid":50,"tid":50"# + rest + #""server","exe_name":"server","exe":null,"cmdline":null,"cgroup_id":1,"cgroup":null,"container":null"#,
+            #"{"pid":50,"tid":51"# + rest + #""worker \"1\"","exe_name":"server","exe":null,"cmdline":null,"cgroup_id":1,"cgroup":null,"container":null"#,
+            #"{"pid":50,"tid":52"# + rest + #""server","exe_name":"server","exe":null,"cmdline":null,"cgroup_id":1,"cgroup":null,"container":null"#,
+            #"{"pid":50,"tid":53"# + rest + #""tab\there","exe_name":"server","exe":null,"cmdline":null,"cgroup_id":1,"cgroup":null,"container":null"#,
+        ])
+    }
+
     @Test("a dual-stack listener is ipv6 with dual_stack true; V6ONLY or a specific address is not")
     func dualStack() throws {
         let (builder, sink) = makeBuilder()
