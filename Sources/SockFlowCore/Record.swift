@@ -233,15 +233,60 @@ public struct Record: Sendable {
     public var process: ProcessRecord?
     public var verdict: Verdict = .allow
     public var close: CloseDetails?
-    public var lost: LostDetails?
-    public var overflow: OverflowDetails?
-    public var policy: PolicyDetails?
-    public var policyStatus: PolicyStatus?
-    public var stream: StreamDetails?
 
     public init(seq: UInt64, time: Int64, event: EventType) {
         self.seq = seq
         self.time = time
         self.event = event
+    }
+
+    public var lost: LostDetails? {
+        get { rare?.fields.lost }
+        set { modifyRare(newValue != nil) { $0.lost = newValue } }
+    }
+    public var overflow: OverflowDetails? {
+        get { rare?.fields.overflow }
+        set { modifyRare(newValue != nil) { $0.overflow = newValue } }
+    }
+    public var policy: PolicyDetails? {
+        get { rare?.fields.policy }
+        set { modifyRare(newValue != nil) { $0.policy = newValue } }
+    }
+    public var policyStatus: PolicyStatus? {
+        get { rare?.fields.policyStatus }
+        set { modifyRare(newValue != nil) { $0.policyStatus = newValue } }
+    }
+    public var stream: StreamDetails? {
+        get { rare?.fields.stream }
+        set { modifyRare(newValue != nil) { $0.stream = newValue } }
+    }
+
+    /// What only stream, loss and policy records carry, out of line: a flow
+    /// record is built, copied and destroyed a few times on its way out, and
+    /// these fields made it 440 bytes instead of 248. Shared between copies,
+    /// copied before a write (copy on write), so Record stays a value.
+    struct RareFields: Sendable {
+        var lost: LostDetails?
+        var overflow: OverflowDetails?
+        var policy: PolicyDetails?
+        var policyStatus: PolicyStatus?
+        var stream: StreamDetails?
+    }
+
+    final class RareBox: @unchecked Sendable {
+        var fields: RareFields
+        init(_ fields: RareFields) { self.fields = fields }
+    }
+
+    private var rare: RareBox?
+
+    private mutating func modifyRare(_ setting: Bool, _ body: (inout RareFields) -> Void) {
+        if rare == nil {
+            guard setting else { return }  // setting nil where nothing is set
+            rare = RareBox(RareFields())
+        } else if !isKnownUniquelyReferenced(&rare) {
+            rare = RareBox(rare!.fields)
+        }
+        body(&rare!.fields)
     }
 }

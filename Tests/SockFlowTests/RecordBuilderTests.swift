@@ -43,6 +43,26 @@ struct RecordBuilderTests {
         ])
     }
 
+    @Test("a Record is a value: a copy's loss, policy and stream fields are its own")
+    func recordIsAValue() {
+        var a = Record(seq: 1, time: 0, event: .lost)
+        a.lost = LostDetails(count: 1, reason: .undecodable)
+        var b = a
+        b.lost?.count = 5
+        b.policy = PolicyDetails(hook: .connect, count: 2)
+        #expect(a.lost?.count == 1)
+        #expect(a.policy == nil)
+        #expect(b.lost?.count == 5)
+        #expect(b.policy?.count == 2)
+        a.stream = StreamDetails()
+        a.stream?.stopReason = "count"
+        #expect(b.stream == nil)
+        #expect(a.stream?.stopReason == "count")
+        b.lost = nil
+        #expect(b.lost == nil)
+        #expect(a.lost?.count == 1)
+    }
+
     @Test("a dual-stack listener is ipv6 with dual_stack true; V6ONLY or a specific address is not")
     func dualStack() throws {
         let (builder, sink) = makeBuilder()
