@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """sockflow's benchmarks: a loopback storm alone, and with each monitor, side by side.
 
-    bench/run.py [--rounds 5] [--seconds 2.5] [--no-auditd] [--only SCENARIO,...] [--json FILE]
+    bench/run.py [--rounds 5] [--seconds 2.5] [--no-auditd] [--only SCENARIO,...] [--fixed-rate 20000] [--json FILE]
 
 Every round runs the storm alone (the baseline) and then with each monitor, in an
 order that rotates from round to round, so neither slow drifts of the machine nor a
@@ -21,7 +21,10 @@ The fixed-rate step runs --fixed-rounds (11) rounds, and one more baseline after
 the last: its differences are small next to this VM's drift from one run to the
 next, so each monitor run is compared with the mean of the baselines before and
 after its round. tcplife runs in its first 3 rounds only: it adds more than ten
-times the target there.
+times the target there. The step runs at 20,000 connections/s, where the targets
+are set; the table shows the rate each monitor's runs reached and says when they
+fell short of it (a machine too slow or too busy for the rate measures at full
+load instead). --fixed-rate picks another rate.
 
 Columns:
   rate        storm cycles/s, median [min-max]
@@ -31,7 +34,7 @@ Columns:
               other monitors: lost as they report it
   cpu         monitor process CPU over the storm, % of one core (auditd: + kauditd)
   rss         monitor peak RSS (VmHWM)
-  us/cycle    fixed-rate rows: storm CPU per cycle added by the monitor
+  us/cycle    fixed-rate rows: storm CPU per cycle added by the monitor (and the rate reached)
 """
 import argparse
 import json
