@@ -342,7 +342,6 @@ public struct ByteBuffer: ~Copyable {
 
     // MARK: addresses
 
-    /// IPv4 dotted quad; IPv6 per RFC 5952 (lowercase, longest zero run compressed).
     /// Dotted quad, in place: one reserve, no call per octet.
     @usableFromInline
     mutating func appendIPv4(_ a: UInt8, _ b: UInt8, _ c: UInt8, _ d: UInt8) {
@@ -375,6 +374,7 @@ public struct ByteBuffer: ~Copyable {
         return p &+ 2
     }
 
+    /// IPv4 dotted quad; IPv6 per RFC 5952 (lowercase, longest zero run compressed).
     public mutating func appendAddress(_ a: IPAddress) {
         Swift.withUnsafeBytes(of: a.hi) { h in
             Swift.withUnsafeBytes(of: a.lo) { l in
