@@ -186,7 +186,8 @@ struct RecordBuilderTests {
 
 @Suite("Process metadata from /proc")
 struct ProcessCacheTests {
-    /// A fake /proc/PID with stat, exe and cmdline.
+    /// A fake /proc/PID with stat, exe and cmdline, in a directory of its own
+    /// under the temporary directory (the caller removes it).
     func fakeProc(pid: UInt32, startTicks: UInt64, exe: String, cmdline: [String]) throws -> String {
         let root = FileManager.default.temporaryDirectory.appendingPathComponent("proc-\(UUID().uuidString)").path
         let dir = root + "/\(pid)"
@@ -214,6 +215,7 @@ struct ProcessCacheTests {
     @Test("reads exe and cmdline when /proc's start time is the event's")
     func matching() throws {
         let root = try fakeProc(pid: 321, startTicks: 1234, exe: "/usr/bin/python3.11", cmdline: ["python3", "-m", "http.server"])
+        defer { try? FileManager.default.removeItem(atPath: root) }
         let cache = ProcessCache(procRoot: root, cgroups: CgroupCache(mountPoint: nil))
         let d = try #require(cache.details(for: task(pid: 321, startNs: 12_340_000_000)))
         #expect(d.exe == "/usr/bin/python3.11")
@@ -225,6 +227,7 @@ struct ProcessCacheTests {
     @Test("a reused pid (different start time) never lends its name: nil")
     func reusedPid() throws {
         let root = try fakeProc(pid: 321, startTicks: 9999, exe: "/usr/bin/other", cmdline: ["other"])
+        defer { try? FileManager.default.removeItem(atPath: root) }
         let cache = ProcessCache(procRoot: root, cgroups: CgroupCache(mountPoint: nil))
         #expect(cache.details(for: task(pid: 321, startNs: 12_340_000_000)) == nil)
     }
@@ -238,6 +241,7 @@ struct ProcessCacheTests {
     @Test("one instance per process: records share it; a new uid makes a new instance without rereading /proc")
     func instances() throws {
         let root = try fakeProc(pid: 5, startTicks: 1, exe: "/bin/sh", cmdline: ["sh"])
+        defer { try? FileManager.default.removeItem(atPath: root) }
         let cache = ProcessCache(procRoot: root, cgroups: CgroupCache(mountPoint: nil))
         var t = task(pid: 5, startNs: 10_000_000)
         let a = cache.instance(for: t)
@@ -253,6 +257,7 @@ struct ProcessCacheTests {
     @Test("an exec (same pid and start, new exec count) reads /proc again")
     func exec() throws {
         let root = try fakeProc(pid: 5, startTicks: 1, exe: "/bin/sh", cmdline: ["sh"])
+        defer { try? FileManager.default.removeItem(atPath: root) }
         let cache = ProcessCache(procRoot: root, cgroups: CgroupCache(mountPoint: nil))
         _ = cache.details(for: task(pid: 5, startNs: 10_000_000, execID: 1))
         _ = cache.details(for: task(pid: 5, startNs: 10_000_000, execID: 2))
@@ -262,6 +267,7 @@ struct ProcessCacheTests {
     @Test("stat parsing counts fields after the last ')'")
     func statParsing() throws {
         let root = try fakeProc(pid: 9, startTicks: 77, exe: "/x", cmdline: ["x"])
+        defer { try? FileManager.default.removeItem(atPath: root) }
         #expect(ProcessCache.startTicks(statPath: root + "/9/stat") == 77)
     }
 }
@@ -283,6 +289,7 @@ struct CgroupTests {
     @Test("the cgroup2 mount is found in /proc/mounts, not assumed")
     func mountPoint() throws {
         let f = FileManager.default.temporaryDirectory.appendingPathComponent("mounts-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: f) }
         try "tmpfs /sys/fs/cgroup tmpfs rw 0 0\ncgroup /sys/fs/cgroup/memory cgroup rw 0 0\ncgroup2 /sys/fs/cgroup/un\\040ified cgroup2 rw 0 0\n"
             .write(toFile: f, atomically: true, encoding: .utf8)
         #expect(CgroupFS.mountPoint(mountsFile: f) == "/sys/fs/cgroup/un ified")
