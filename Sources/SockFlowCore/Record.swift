@@ -240,26 +240,14 @@ public struct Record: Sendable {
         self.event = event
     }
 
-    public var lost: LostDetails? {
-        get { rare?.fields.lost }
-        set { modifyRare(newValue != nil) { $0.lost = newValue } }
-    }
-    public var overflow: OverflowDetails? {
-        get { rare?.fields.overflow }
-        set { modifyRare(newValue != nil) { $0.overflow = newValue } }
-    }
-    public var policy: PolicyDetails? {
-        get { rare?.fields.policy }
-        set { modifyRare(newValue != nil) { $0.policy = newValue } }
-    }
+    public var lost: LostDetails? { get { self[rare: \.lost] } set { self[rare: \.lost] = newValue } }
+    public var overflow: OverflowDetails? { get { self[rare: \.overflow] } set { self[rare: \.overflow] = newValue } }
+    public var policy: PolicyDetails? { get { self[rare: \.policy] } set { self[rare: \.policy] = newValue } }
     public var policyStatus: PolicyStatus? {
-        get { rare?.fields.policyStatus }
-        set { modifyRare(newValue != nil) { $0.policyStatus = newValue } }
+        get { self[rare: \.policyStatus] }
+        set { self[rare: \.policyStatus] = newValue }
     }
-    public var stream: StreamDetails? {
-        get { rare?.fields.stream }
-        set { modifyRare(newValue != nil) { $0.stream = newValue } }
-    }
+    public var stream: StreamDetails? { get { self[rare: \.stream] } set { self[rare: \.stream] = newValue } }
 
     /// What only stream, loss and policy records carry, out of line: a flow
     /// record is built, copied and destroyed a few times on its way out, and
@@ -280,13 +268,18 @@ public struct Record: Sendable {
 
     private var rare: RareBox?
 
-    private mutating func modifyRare(_ setting: Bool, _ body: (inout RareFields) -> Void) {
-        if rare == nil {
-            guard setting else { return }  // setting nil where nothing is set
-            rare = RareBox(RareFields())
-        } else if !isKnownUniquelyReferenced(&rare) {
-            rare = RareBox(rare!.fields)
+    /// One field of the box: no box is made to store a nil, and a shared box is
+    /// copied before a write.
+    private subscript<T>(rare field: WritableKeyPath<RareFields, T?>) -> T? {
+        get { rare?.fields[keyPath: field] }
+        set {
+            if rare == nil {
+                guard newValue != nil else { return }
+                rare = RareBox(RareFields())
+            } else if !isKnownUniquelyReferenced(&rare) {
+                rare = RareBox(rare!.fields)
+            }
+            rare!.fields[keyPath: field] = newValue
         }
-        body(&rare!.fields)
     }
 }
