@@ -169,9 +169,15 @@ static __always_inline struct sf_event *reserve_at(__u16 kind, __u64 now)
 	return e;
 }
 
+/* Records are stamped with CLOCK_MONOTONIC, the clock TCP keeps its own time in. */
+static __always_inline __u64 sf_clock(void)
+{
+	return bpf_ktime_get_ns();
+}
+
 static __always_inline struct sf_event *reserve(__u16 kind)
 {
-	return reserve_at(kind, bpf_ktime_get_boot_ns());
+	return reserve_at(kind, sf_clock());
 }
 
 static __always_inline void submit(struct sf_event *e)
@@ -323,6 +329,20 @@ static __always_inline __u64 skops_cookie(struct bpf_sock_ops *skops, struct soc
 	__u64 cookie = sk->__sk_common.skc_cookie.counter;
 
 	return cookie ? cookie : bpf_get_socket_cookie(skops);
+}
+
+/* The time of an event TCP handles for a packet or a timer, without a clock read
+ * (a helper call, about 80 ns per record here: bpf_stats, six per connection).
+ * TCP's receive path (tcp_rcv_established(), tcp_rcv_state_process() past
+ * LISTEN) and its write and keepalive timers call tcp_mstamp_refresh() before
+ * they act, which sets tcp_clock_cache to ktime_get_ns(), sf_clock()'s clock.
+ * Callers use it only where one of those runs: a cache that was never set reads
+ * the clock. */
+static __always_inline __u64 tcp_time(const struct tcp_sock *tp)
+{
+	__u64 t = tp->tcp_clock_cache;
+
+	return t ? t : sf_clock();
 }
 
 /* A child of a tracked listener has the flag already: the kernel copies it. */
@@ -479,7 +499,7 @@ static __always_inline int on_listen(struct bpf_sock_ops *skops, struct bpf_sock
 	if (!port_selected(skops->local_port, 0))
 		return 1;
 	cookie = skops_cookie(skops, sk);
-	now = bpf_ktime_get_boot_ns();
+	now = sf_clock();
 	task = bpf_get_current_task_btf();
 	track_listener(skops, cookie, now, task);
 	e = reserve_at(SF_KIND_LISTEN, now);
@@ -505,7 +525,7 @@ static __always_inline int on_connect(struct bpf_sock_ops *skops, struct sock *s
 	if (!port_selected(skops->local_port, bpf_ntohl(skops->remote_port)))
 		return 1;
 	cookie = skops_cookie(skops, sk);
-	now = bpf_ktime_get_boot_ns();
+	now = sf_clock();
 	task = bpf_get_current_task_btf();
 	track_conn(skops, cookie, SF_ROLE_OUTBOUND, 0, now, task);
 	e = reserve_at(SF_KIND_CONNECT, now);
@@ -520,7 +540,8 @@ static __always_inline int on_connect(struct bpf_sock_ops *skops, struct sock *s
 	return 1;
 }
 
-static __always_inline int on_active_established(struct bpf_sock_ops *skops, struct sock *sk)
+/* From tcp_finish_connect(), on the SYN-ACK's receive path. */
+static __always_inline int on_active_established(struct bpf_sock_ops *skops, struct tcp_sock *tp, struct sock *sk)
 {
 	struct sf_flow_state *st;
 	struct sf_event *e;
@@ -529,7 +550,7 @@ static __always_inline int on_active_established(struct bpf_sock_ops *skops, str
 	if (!tracked(skops))
 		return 1; /* connect() was not seen: before sockflow started, or filtered */
 	cookie = skops_cookie(skops, sk);
-	e = reserve(SF_KIND_ESTABLISHED);
+	e = reserve_at(SF_KIND_ESTABLISHED, tcp_time(tp));
 	if (!e)
 		return 1;
 	fill_sock(&e->sock, sk);
@@ -544,9 +565,12 @@ static __always_inline int on_active_established(struct bpf_sock_ops *skops, str
 	return 1;
 }
 
-/* Runs in softirq: the current task is whoever the packet interrupted. */
+/* Runs in softirq: the current task is whoever the packet interrupted. The
+ * handshake's last ACK is on the child's receive path, except for a Fast Open
+ * child, which gets here from its listener's SYN: the listener's path does not
+ * refresh the TCP clock, and the child copied the listener's. */
 static __always_inline int on_passive_established(struct bpf_sock_ops *skops, struct bpf_sock *bsk,
-						  struct sock *sk)
+						  struct tcp_sock *tp, struct sock *sk)
 {
 	struct sf_event *e;
 	struct sf_sock s = {};
@@ -555,7 +579,7 @@ static __always_inline int on_passive_established(struct bpf_sock_ops *skops, st
 	if (!port_selected(skops->local_port, bpf_ntohl(skops->remote_port)))
 		return 1;
 	cookie = skops_cookie(skops, sk);
-	now = bpf_ktime_get_boot_ns();
+	now = tp->fastopen_rsk ? sf_clock() : tcp_time(tp);
 	fill_sock(&s, sk);
 	s.cookie = cookie;
 	listener = find_listener(bsk, sk, &s);
@@ -580,7 +604,7 @@ static __always_inline int on_close(struct bpf_sock_ops *skops, struct tcp_sock 
 	struct sf_flow_state *st;
 	struct sf_event *e;
 	__u8 old = skops->args[0];
-	__u64 cookie;
+	__u64 cookie, now;
 
 	cookie = skops_cookie(skops, sk);
 	if (old == TCP_LISTEN) {
@@ -599,7 +623,15 @@ static __always_inline int on_close(struct bpf_sock_ops *skops, struct tcp_sock 
 		if (!st && old == TCP_SYN_RECV)
 			return 1;
 	}
-	e = reserve(SF_KIND_CLOSE);
+	/* These states end on the receive path (the peer's last FIN or ACK) or in a
+	 * timer, unless a process holds the socket's lock: close() in FIN_WAIT2, or
+	 * a socket destroyed (SOCK_DESTROY). Other closes can come from anywhere: a
+	 * listener's close() takes its unaccepted children with it. */
+	if ((old == TCP_FIN_WAIT2 || old == TCP_CLOSING || old == TCP_LAST_ACK) && !sk->sk_lock.owned)
+		now = tcp_time(tp);
+	else
+		now = sf_clock();
+	e = reserve_at(SF_KIND_CLOSE, now);
 	if (e) {
 		fill_sock(&e->sock, sk);
 		e->sock.cookie = cookie;
@@ -659,9 +691,9 @@ int handle_sockops(struct bpf_sock_ops *skops)
 	case BPF_SOCK_OPS_TCP_CONNECT_CB:
 		return on_connect(skops, sk);
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
-		return on_active_established(skops, sk);
+		return on_active_established(skops, tp, sk);
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
-		return on_passive_established(skops, bsk, sk);
+		return on_passive_established(skops, bsk, tp, sk);
 	case BPF_SOCK_OPS_STATE_CB:
 		return on_close(skops, tp);
 	}

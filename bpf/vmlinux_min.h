@@ -68,8 +68,12 @@ enum sock_flags {
 	SOCK_DONE = 1, /* TCP: the peer's FIN was received (tcp_fin) */
 };
 
+/* sock_owned_by_user(): a process holds the socket's lock (lock_sock()) */
+typedef struct { int owned; } socket_lock_t;
+
 struct sock {
 	struct sock_common __sk_common;
+	socket_lock_t sk_lock;
 	int sk_err;
 	u8 sk_shutdown;
 	u16 sk_protocol;
@@ -80,8 +84,12 @@ struct sock {
 
 struct inet_sock { struct sock sk; };
 struct inet_connection_sock { struct inet_sock icsk_inet; };
+struct request_sock;
+
 struct tcp_sock {
 	struct inet_connection_sock inet_conn;
+	u64 tcp_clock_cache;              /* tcp_mstamp_refresh(): ktime_get_ns() */
+	struct request_sock *fastopen_rsk; /* a TCP Fast Open child before its final ACK */
 	u32 rcv_nxt;
 	u32 snd_una;
 	u32 write_seq;

@@ -204,7 +204,7 @@ public final class Monitor: @unchecked Sendable {
         if let policy = activePolicy { applied(policy) }
         _ = summaryWriter?.flush()
         var reason: StopReason? = output.flush() ? nil : .outputClosed
-        let deadline = configuration.duration.map { WallClock.boottime() + UInt64($0 * 1e9) }
+        let deadline = configuration.duration.map { WallClock.kernelNow() + UInt64($0 * 1e9) }
         let interval = Int32(max(configuration.maxDelayMilliseconds, 0))
         var active = false
         var events = [epoll_event](repeating: epoll_event(), count: 4)
@@ -215,7 +215,7 @@ public final class Monitor: @unchecked Sendable {
             // after a quiet interval).
             var timeout: Int32 = active ? interval + 1 : -1
             if let deadline {
-                let now = WallClock.boottime()
+                let now = WallClock.kernelNow()
                 if now >= deadline {
                     reason = .duration
                     break

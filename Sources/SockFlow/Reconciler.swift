@@ -21,7 +21,7 @@ final class Reconciler {
         let loss = builder.reportedRingLoss &+ builder.reportedStorageLoss
         let table = builder.table
         guard loss != lossSeen || table.count >= table.limit else { return }
-        let now = WallClock.boottime()
+        let now = WallClock.kernelNow()
         guard force || now &- lastRun >= minimumInterval else { return }
         lastRun = now
         lossSeen = loss
@@ -30,7 +30,7 @@ final class Reconciler {
 
     func run(_ table: FlowTable) {
         runs &+= 1
-        let dumpStart = WallClock.boottime()
+        let dumpStart = WallClock.kernelNow()
         let entries = table.summary
         let own = Self.netnsInode(path: "/proc/thread-self/ns/net")
         var byNetns: [UInt32: [(cookie: UInt64, since: UInt64, pid: Int32?)]] = [:]

@@ -130,9 +130,9 @@ public final class FlowRun: @unchecked Sendable {
     @discardableResult
     public func stop(grace: Double = 5) async throws -> [Record] {
         if collector.exitStatus == nil { kill(pid, SIGTERM) }
-        let deadline = WallClock.boottime() + UInt64(grace * 1e9)
+        let deadline = WallClock.kernelNow() + UInt64(grace * 1e9)
         while collector.exitStatus == nil {
-            if WallClock.boottime() > deadline { kill(pid, SIGKILL) }
+            if WallClock.kernelNow() > deadline { kill(pid, SIGKILL) }
             try await Task.sleep(nanoseconds: 10_000_000)
         }
         return collector.snapshot.records

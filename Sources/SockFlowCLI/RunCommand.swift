@@ -172,12 +172,12 @@ struct RunCommand: ParsableCommand {
     /// One line from `fd`, or nil at EOF or after `timeout` seconds.
     func readLine(_ fd: Int32, timeout: Double?) -> String? {
         var bytes: [UInt8] = []
-        let deadline = timeout.map { WallClock.boottime() + UInt64($0 * 1e9) }
+        let deadline = timeout.map { WallClock.kernelNow() + UInt64($0 * 1e9) }
         while true {
             var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
             var wait: Int32 = -1
             if let deadline {
-                let now = WallClock.boottime()
+                let now = WallClock.kernelNow()
                 if now >= deadline { return nil }
                 wait = Int32(min((deadline - now) / 1_000_000 + 1, UInt64(Int32.max)))
             }

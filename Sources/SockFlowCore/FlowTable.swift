@@ -18,7 +18,7 @@ public final class FlowTable {
         public var owner: ProcessRecord?
         public var role: FlowRole
         public var accepted: Bool
-        /// CLOCK_BOOTTIME of the event that made the entry.
+        /// The kernel stamp (CLOCK_MONOTONIC) of the event that made the entry.
         public var since: UInt64 = 0
 
         public init(flow: Flow, owner: ProcessRecord?, role: FlowRole, accepted: Bool, since: UInt64 = 0) {

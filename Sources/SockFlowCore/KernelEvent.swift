@@ -73,7 +73,7 @@ public struct KernelEvent: Sendable {
         self.raw = raw
     }
 
-    public var bootTimeNanoseconds: UInt64 { raw.hdr.ts_ns }
+    public var kernelNanoseconds: UInt64 { raw.hdr.ts_ns }
     /// The kernel's count of records it could not reserve, as of this record.
     public var lostBefore: UInt64 { raw.hdr.lost }
     public var role: FlowRole? { FlowRole(rawValue: raw.role) }

@@ -227,7 +227,7 @@ public final class RecordBuilder {
             if owner == nil, ev.listener_cookie != 0 { owner = table.owner(of: ev.listener_cookie) }
         }
         if action == .log, ev.sock.cookie != 0 { flowVerdicts[ev.sock.cookie] = verdict }
-        let now = clock.wallTime(bootNanoseconds: ev.hdr.ts_ns)
+        let now = clock.wallTime(kernelNanoseconds: ev.hdr.ts_ns)
         var r = Record(seq: 0, time: now, event: action == .deny ? .deny : .log)
         r.flow = flow
         r.process = owner
@@ -481,7 +481,7 @@ public final class RecordBuilder {
     func emitFlow(_ type: EventType, _ e: UnsafePointer<sf_event>, _ flow: Flow, _ owner: ProcessRecord?,
                   close: CloseDetails? = nil, verdict: Verdict? = nil) {
         if !filter.isEmpty, !admits(flow, owner) { return }
-        var r = Record(seq: nextSeq(), time: clock.wallTime(bootNanoseconds: e.pointee.hdr.ts_ns), event: type)
+        var r = Record(seq: nextSeq(), time: clock.wallTime(kernelNanoseconds: e.pointee.hdr.ts_ns), event: type)
         r.flow = flow
         r.process = owner
         r.close = close

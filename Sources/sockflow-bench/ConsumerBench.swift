@@ -29,7 +29,7 @@ enum ConsumerBench {
                 var e = sf_event()
                 e.hdr.kind = kind.rawValue
                 e.hdr.size = UInt16(MemoryLayout<sf_event>.size)
-                e.hdr.ts_ns = WallClock.boottime() + UInt64(i) * 10_000
+                e.hdr.ts_ns = WallClock.kernelNow() + UInt64(i) * 10_000
                 e.sock.cookie = c
                 e.sock.family = UInt16(AF_INET)
                 e.sock.protocol = UInt8(IPPROTO_TCP)
@@ -64,7 +64,7 @@ enum ConsumerBench {
     static func run(_ samples: [[UInt8]], fd: Int32, batch: Int = 4096) -> (UInt64, Double, UInt64) {
         let writer = LineWriter(fd: fd, format: .json)
         let builder = RecordBuilder(sink: writer, bootTag: BootID.tag())
-        let start = WallClock.boottime()
+        let start = WallClock.kernelNow()
         var n = 0
         for s in samples {
             s.withUnsafeBytes { builder.handle(sample: $0) }
@@ -75,7 +75,7 @@ enum ConsumerBench {
             }
         }
         _ = writer.flush()
-        let secs = Double(WallClock.boottime() - start) / 1e9
+        let secs = Double(WallClock.kernelNow() - start) / 1e9
         return (builder.seq, secs, writer.bytesWritten)
     }
 }

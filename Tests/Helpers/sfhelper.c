@@ -15,7 +15,9 @@
  *                  or itself when K is 0); per connection reads to EOF, writes N bytes,
  *                  closes, prints "conn pid=.. lport=.. rport=.. in=.. out=.."
  *   sfhelper connect --addr A --port P [--send N] [--linger0] [--hold-ms MS] [--syncnt N] [--bind-addr A]
- *                  prints "connected ..." or "error errno=E lport=L", then "done in=.. out=.. errno=E"
+ *                  [--fin-wait-ms MS]
+ *                  prints "connected ..." or "error errno=E lport=L", then "done in=.. out=.. errno=E";
+ *                  --fin-wait-ms: shutdown(SHUT_WR), wait MS, close() without reading
  *   sfhelper udp-send --addr A --port P [--connect]    prints "sent pid=.." or "error errno=E"
  *   sfhelper udp-recv [--port P] [--timeout-ms T]      prints "ready ..." then "got N" or "timeout"
  *   sfhelper socket --family 4|6 --type tcp|udp       prints "ok pid=.." or "error errno=E"
@@ -410,7 +412,7 @@ static int cmd_serve(int argc, char **argv)
 static int cmd_connect(int argc, char **argv)
 {
 	const char *addr = "127.0.0.1", *bind_addr = NULL;
-	int port = 0, linger0 = 0, hold_ms = 0, syncnt = 0, fd, rc;
+	int port = 0, linger0 = 0, hold_ms = 0, syncnt = 0, fin_wait_ms = -1, fd, rc;
 	long send_n = 0;
 	struct sockaddr_storage ss;
 	socklen_t len;
@@ -422,6 +424,7 @@ static int cmd_connect(int argc, char **argv)
 		else if (!strcmp(argv[i], "--hold-ms") && i + 1 < argc) hold_ms = atoi(argv[++i]);
 		else if (!strcmp(argv[i], "--syncnt") && i + 1 < argc) syncnt = atoi(argv[++i]);
 		else if (!strcmp(argv[i], "--linger0")) linger0 = 1;
+		else if (!strcmp(argv[i], "--fin-wait-ms") && i + 1 < argc) fin_wait_ms = atoi(argv[++i]);
 		else if (!strcmp(argv[i], "--bind-addr") && i + 1 < argc) bind_addr = argv[++i];
 		else { fprintf(stderr, "sfhelper connect: unknown option %s\n", argv[i]); return 2; }
 	}
@@ -472,6 +475,18 @@ static int cmd_connect(int argc, char **argv)
 		setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof(l));
 		close(fd);
 		printf("done in=0 out=0\n");
+		fflush(stdout);
+		return 0;
+	}
+	if (fin_wait_ms >= 0) {
+		/* our FIN out and acked (FIN_WAIT2 if the peer stays open), then close()
+		 * without waiting for the peer's FIN */
+		long out = write_n(fd, send_n);
+
+		shutdown(fd, SHUT_WR);
+		usleep(fin_wait_ms * 1000);
+		close(fd);
+		printf("done in=0 out=%ld\n", out);
 		fflush(stdout);
 		return 0;
 	}

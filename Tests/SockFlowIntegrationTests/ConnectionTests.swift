@@ -28,12 +28,14 @@ struct ConnectionTests {
     func clientServer() throws {
         let server = try Helper(["serve", "--reply", "2500"])
         let run = try SockflowRun(["monitor", "--port", String(server.port)])
+        let before = wallNanoseconds()
         let client = try Helper.run(["connect", "--port", String(server.port), "--send", "1000"])
         let cport = try #require(Int(client["lport"] ?? ""))
         let cpid = try #require(Int(client["pid"] ?? ""))
         #expect(client["in"] == "2500" && client["out"] == "1000")
         try run.waitFor("server close") { $0.event == "close" && $0.remotePort == cport }
         try run.waitFor("client close") { $0.event == "close" && $0.localPort == cport }
+        let after = wallNanoseconds()
         server.finish()
         #expect(run.stop() == 0)
 
@@ -52,6 +54,30 @@ struct ConnectionTests {
         #expect(c[2].int("bytes_out") == 1000 && c[2].int("bytes_in") == 2500)
         #expect(s[2].int("bytes_in") == 1000 && s[2].int("bytes_out") == 2500)
         #expect((c[2].int("duration_ns") ?? 0) > 0)
+        // Times (some from TCP's own clock): wall-clock times of this test, in the
+        // order things happened on each side.
+        let times = (c + s).compactMap(\.timeNs)
+        #expect(times.count == 6 && times.allSatisfy { $0 >= before && $0 <= after }, "\(before) \(times) \(after)")
+        let ct = c.compactMap(\.timeNs), st = s.compactMap(\.timeNs)
+        #expect(ct == ct.sorted() && st == st.sorted() && ct[1] <= st[0])
+        try run.validateStream()
+    }
+
+    @Test("close() in FIN_WAIT2, long after the peer's last ACK: the close has the time of the close()")
+    func closeInFinWait2() throws {
+        let server = try Helper(["serve", "--no-accept"])  // acks our FIN, never sends its own
+        let run = try SockflowRun(["monitor", "--port", String(server.port)])
+        let client = try Helper.run(["connect", "--port", String(server.port), "--send", "10", "--fin-wait-ms", "600"])
+        let cport = try #require(Int(client["lport"] ?? ""))
+        let close = try run.waitFor("client close") { $0.event == "close" && $0.localPort == cport }
+        server.finish()
+        #expect(run.stop() == 0)
+        let (c, _) = flowRecords(run, clientPort: cport)
+        #expect(c.map(\.event) == ["connect", "established", "close"])
+        let established = try #require(c[1].timeNs), closed = try #require(close.timeNs)
+        #expect(closed - established >= 600_000_000, "the close() came 600 ms after the last packet")
+        #expect((close.int("duration_ns") ?? 0) >= 600_000_000)
+        #expect(close.int("bytes_out") == 10 && close.pid == Int(client["pid"] ?? ""))
         try run.validateStream()
     }
 

@@ -73,6 +73,25 @@ extension Dictionary where Key == String, Value == Any {
     var pid: Int? { int("process.pid") }
     var localPort: Int? { int("flow.local.port") }
     var remotePort: Int? { int("flow.remote.port") }
+    /// `time` as nanoseconds since the epoch ("2026-11-21T21:00:00.123456789Z").
+    var timeNs: Int? {
+        guard let t = string("time").map(Array.init), t.count == 30 else { return nil }
+        func number(_ from: Int, _ to: Int) -> Int32? { Int32(String(t[from..<to])) }
+        guard let year = number(0, 4), let month = number(5, 7), let day = number(8, 10),
+              let hour = number(11, 13), let minute = number(14, 16), let second = number(17, 19),
+              let fraction = Int(String(t[20..<29])) else { return nil }
+        var tm = Glibc.tm()
+        (tm.tm_year, tm.tm_mon, tm.tm_mday) = (year - 1900, month - 1, day)
+        (tm.tm_hour, tm.tm_min, tm.tm_sec) = (hour, minute, second)
+        return timegm(&tm) * 1_000_000_000 + fraction
+    }
+}
+
+/// Now, in nanoseconds since the epoch (to compare with record times).
+func wallNanoseconds() -> Int {
+    var ts = timespec()
+    clock_gettime(CLOCK_REALTIME, &ts)
+    return ts.tv_sec * 1_000_000_000 + ts.tv_nsec
 }
 
 /// Collects the lines a child process writes to a pipe, on a background thread.

@@ -61,7 +61,7 @@ enum sf_close_flags {
 
 /* Common header of every record (24 bytes). */
 struct sf_hdr {
-	__u64 ts_ns;   /* CLOCK_BOOTTIME (bpf_ktime_get_boot_ns) */
+	__u64 ts_ns;   /* CLOCK_MONOTONIC (bpf_ktime_get_ns, or TCP's tcp_clock_cache) */
 	__u64 lost;    /* records the kernel failed to reserve before this one, since load */
 	__u16 kind;    /* enum sf_kind */
 	__u16 size;    /* sizeof the whole record */
