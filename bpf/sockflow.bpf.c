@@ -140,7 +140,9 @@ static __always_inline __u64 wakeup_flags(__u64 now)
 
 	if (!cfg.wakeup_interval_ns)
 		return 0;
-	if (now - last_wakeup_ns >= cfg.wakeup_interval_ns)
+	/* signed: a record stamped with TCP's packet time can be a little older than
+	 * the last wakeup another record made */
+	if ((__s64)(now - last_wakeup_ns) >= (__s64)cfg.wakeup_interval_ns)
 		goto wake;
 	/* how full the ring is costs a helper call: asked every 16th record per CPU */
 	n = bpf_map_lookup_elem(&since_query, &zero);
@@ -567,8 +569,8 @@ static __always_inline int on_active_established(struct bpf_sock_ops *skops, str
 
 /* Runs in softirq: the current task is whoever the packet interrupted. The
  * handshake's last ACK is on the child's receive path, except for a Fast Open
- * child, which gets here from its listener's SYN: the listener's path does not
- * refresh the TCP clock, and the child copied the listener's. */
+ * child, which gets here from its listener's SYN, before anything set the
+ * child's TCP clock. */
 static __always_inline int on_passive_established(struct bpf_sock_ops *skops, struct bpf_sock *bsk,
 						  struct tcp_sock *tp, struct sock *sk)
 {
