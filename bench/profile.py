@@ -56,7 +56,7 @@ CATEGORIES = [
     ("ring buffer: reserve, submit, wakeups",
      [r"__bpf_ringbuf_reserve", r"bpf_ringbuf_(reserve|submit|query)", r"irq_work_queue", r"native_write_msr",
       r"native_apic_msr_write"]),
-    ("clock reads", [r"read_tsc", r"ktime_get_(mono|boot)_fast_ns", r"bpf_ktime_get_boot_ns"]),
+    ("clock reads", [r"read_tsc", r"ktime_get_(mono|boot)_fast_ns", r"bpf_ktime_get(_boot)?_ns"]),
     ("other helpers: cookie, map lookups, task, callback flags",
      [r"__sock_gen_cookie", r"bpf_get_socket_cookie\w*", r"lookup_nulls_elem_raw", r"__htab_map_lookup_elem",
       r"bpf_get_current_task_btf", r"bpf_sock_ops_cb_flags_set", r"bpf_sk_storage_get"]),
