@@ -539,6 +539,15 @@ def summarize(rows, fixed_rate):
     return "\n".join(out)
 
 
+def own_share(rows):
+    """Per round that ran both: sockflow's storm CPU per cycle minus the floor's, in µs."""
+    rounds = {}
+    for r in rows:
+        rounds.setdefault(r["round"], {})[r["monitor"]] = r
+    return [(cpu_per_cycle(rr[Sockflow(False).name]["storm"]) - cpu_per_cycle(rr[HooksFloor.name]["storm"])) * 1e6
+            for rr in rounds.values() if Sockflow(False).name in rr and HooksFloor.name in rr]
+
+
 def syscall_table(rows):
     """CPU per getppid() call, alone and under each monitor, from interleaved rounds."""
     per_call = lambda s: cpu_per_cycle(s["storm"]) * 1e9
@@ -626,6 +635,11 @@ def main():
     if fixed:
         print(f"\nAt a fixed {FIXED_RATE:,} connections/s:\n")
         print(summarize(fixed, fixed_rate=True))
+        own = own_share(fixed)
+        if own:
+            print(f"\nsockflow's own share, its run minus the empty hooks' run of the same round: "
+                  f"{med(own):+.2f} µs/cycle, median [{min(own):+.2f} – {max(own):+.2f}] over {len(own)} rounds "
+                  "(what its programs and the state changes they ask for cost, above what the hooks cost by themselves).")
         short = [r for r in fixed if r["storm"]["rate"] < HELD * FIXED_RATE]
         if short:
             alone = [r["storm"]["rate"] for r in fixed if r["monitor"] == "storm alone"]
