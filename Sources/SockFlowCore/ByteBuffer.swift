@@ -358,20 +358,9 @@ public struct ByteBuffer: ~Copyable {
     /// An octet's 1 to 3 digits at `pos`; returns the position after them.
     @inline(__always) @usableFromInline
     func writeOctet(_ octet: UInt8, at pos: Int) -> Int {
-        let pairs = Self.digitPairs.utf8Start
-        var o = Int(octet)
-        var p = pos
-        if o >= 100 {
-            base[p] = UInt8(ascii: "0") &+ UInt8(truncatingIfNeeded: o / 100)
-            p &+= 1
-            o %= 100
-        } else if o < 10 {
-            base[p] = UInt8(ascii: "0") &+ UInt8(truncatingIfNeeded: o)
-            return p &+ 1
-        }
-        base[p] = pairs[2 &* o]
-        base[p &+ 1] = pairs[2 &* o &+ 1]
-        return p &+ 2
+        let end = pos &+ (octet >= 100 ? 3 : octet >= 10 ? 2 : 1)
+        writeDigits(UInt32(octet), endingAt: end)
+        return end
     }
 
     /// IPv4 dotted quad; IPv6 per RFC 5952 (lowercase, longest zero run compressed).
