@@ -171,7 +171,7 @@ public final class RecordBuilder {
         withUnsafePointer(to: event.raw) { handle(event.kind, $0) }
     }
 
-    func handle(_ kind: KernelEventKind, _ e: UnsafePointer<sf_event>) {
+    public func handle(_ kind: KernelEventKind, _ e: UnsafePointer<sf_event>) {
         guard !isFinished else { return }
         let lost = e.pointee.hdr.lost
         if lost > reportedRingLoss { noteKernelLoss(ringBuffer: lost) }
