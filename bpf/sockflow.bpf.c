@@ -187,23 +187,173 @@ static __always_inline void submit(struct sf_event *e)
 	bpf_ringbuf_submit(e, wakeup_flags(e->hdr.ts_ns));
 }
 
-/* For records with a task from process context: wake the reader now if this
- * process instance is new to it. */
-static __always_inline void submit_with_task(struct sf_event *e)
+/* For records with a task from process context: whether this process instance
+ * is new to the reader, which is then woken at once (it reads /proc while a
+ * short-lived process still exists). */
+static __always_inline bool new_instance(const struct sf_event *e)
 {
 	__u64 instance = e->task.start_ns ^ (e->task.exec_id << 48);
 	__u32 slot = e->task.pid & (SF_PROC_SLOTS - 1);
 	struct sf_proc_seen *seen = bpf_map_lookup_elem(&procs, &slot);
 
-	if (!seen || (seen->pid == e->task.pid && seen->instance == instance)) {
-		submit(e);
-		return;
-	}
+	if (!seen || (seen->pid == e->task.pid && seen->instance == instance))
+		return false;
 	seen->pid = e->task.pid;
 	seen->instance = instance;
 	if (cfg.wakeup_interval_ns)
 		last_wakeup_ns = e->hdr.ts_ns;
-	bpf_ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
+	return true;
+}
+
+static __always_inline void submit_with_task(struct sf_event *e)
+{
+	if (new_instance(e))
+		bpf_ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
+	else
+		submit(e);
+}
+
+/*
+ * Staging. A ring-buffer reserve and submit cost about 100 ns per record here
+ * (two helper calls and the ring's lock, whose cache line moves between the
+ * CPUs). With batched wakeups, the TCP records (connect, established, close)
+ * are written into a per-CPU stage instead and handed to the ring eight at a
+ * time with one bpf_ringbuf_output(). A record waits in the stage at most one
+ * wakeup interval: the first record of a batch arms a timer pinned to the CPU
+ * that flushes what is there. A program that interrupts another one on the same
+ * CPU (softirq over process context) finds the stage taken and goes to the ring
+ * directly. The records of different CPUs therefore reach the ring out of time
+ * order; user space puts them back in order (Sources/SockFlow/Reorder.swift).
+ */
+#define SF_STAGE_LEN 8
+
+struct sf_stage {
+	__u32 n;     /* records staged */
+	__u32 busy;  /* taken by an atomic exchange */
+	__u32 armed; /* the flush timer is pending */
+	__u32 pad;
+	struct sf_event ev[SF_STAGE_LEN];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct sf_stage);
+} stage SEC(".maps");
+
+struct sf_flush_timer {
+	struct bpf_timer timer;
+	__u32 ready; /* initialized */
+	__u32 pad;
+};
+
+/* One per CPU, indexed by CPU number (user space sets the number of possible CPUs). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1024);
+	__type(key, __u32);
+	__type(value, struct sf_flush_timer);
+} flush_timers SEC(".maps");
+
+#define SF_TIMER_CPU_PIN (1ULL << 1) /* BPF_F_TIMER_CPU_PIN, Linux 6.7 */
+#define SF_STAGE_RETRY_NS 100000
+#define SF_CLOCK_MONOTONIC 1
+#define barrier() asm volatile("" ::: "memory")
+
+/* Hands the n staged records to the ring (caller holds the stage). */
+static __always_inline void stage_flush(struct sf_stage *s, __u32 n, __u64 flags)
+{
+	s->n = 0;
+	if (n == 0 || n > SF_STAGE_LEN)
+		return;
+	if (bpf_ringbuf_output(&events, s->ev, n * sizeof(struct sf_event), flags))
+		__sync_fetch_and_add(&lost_total, n);
+}
+
+static int stage_timer_fired(void *map, __u32 *cpu, struct sf_flush_timer *t)
+{
+	__u32 zero = 0;
+	struct sf_stage *s = bpf_map_lookup_percpu_elem(&stage, &zero, *cpu);
+
+	if (!s)
+		return 0;
+	if (__sync_lock_test_and_set(&s->busy, 1)) {
+		/* it interrupted a program that holds the stage: a little later */
+		bpf_timer_start(&t->timer, SF_STAGE_RETRY_NS, SF_TIMER_CPU_PIN);
+		return 0;
+	}
+	s->armed = 0;
+	stage_flush(s, s->n, wakeup_flags(sf_clock()));
+	barrier();
+	s->busy = 0;
+	return 0;
+}
+
+/* Arms this CPU's flush timer; false if it cannot be. */
+static __always_inline bool stage_arm(void)
+{
+	__u32 cpu = bpf_get_smp_processor_id();
+	struct sf_flush_timer *t = bpf_map_lookup_elem(&flush_timers, &cpu);
+
+	if (!t)
+		return false;
+	if (!t->ready) {
+		bpf_timer_init(&t->timer, &flush_timers, SF_CLOCK_MONOTONIC);
+		if (bpf_timer_set_callback(&t->timer, stage_timer_fired))
+			return false;
+		t->ready = 1;
+	}
+	return bpf_timer_start(&t->timer, cfg.wakeup_interval_ns, SF_TIMER_CPU_PIN) == 0;
+}
+
+/* A record in this CPU's stage, or, when the stage is taken or wakeups are not
+ * batched, in the ring (*sp stays NULL). Submit it with stage_submit(). */
+static __always_inline struct sf_event *stage_reserve(__u16 kind, __u64 now, struct sf_stage **sp)
+{
+	struct sf_stage *s = NULL;
+	struct sf_event *e;
+	__u32 zero = 0;
+
+	*sp = NULL;
+	if (cfg.wakeup_interval_ns)
+		s = bpf_map_lookup_elem(&stage, &zero);
+	if (!s || __sync_lock_test_and_set(&s->busy, 1))
+		return reserve_at(kind, now);
+	e = &s->ev[s->n & (SF_STAGE_LEN - 1)];
+	__builtin_memset(e, 0, sizeof(*e));
+	e->hdr.ts_ns = now;
+	e->hdr.lost = lost_total;
+	e->hdr.kind = kind;
+	e->hdr.size = sizeof(*e);
+	e->hdr.cpu = bpf_get_smp_processor_id();
+	*sp = s;
+	return e;
+}
+
+/* wake: the reader must see this record now (a process instance new to it).
+ * can_arm: a constant, false in tracepoint programs, which may not use timers
+ * (the verifier refuses a timer map there): they leave a record in the stage
+ * only while a timer some other program armed is pending. */
+static __always_inline void stage_submit(struct sf_event *e, struct sf_stage *s, bool wake, bool can_arm)
+{
+	__u32 n;
+
+	if (!s) {
+		bpf_ringbuf_submit(e, wake ? BPF_RB_FORCE_WAKEUP : wakeup_flags(e->hdr.ts_ns));
+		return;
+	}
+	n = (s->n & (SF_STAGE_LEN - 1)) + 1;
+	if (wake)
+		stage_flush(s, n, BPF_RB_FORCE_WAKEUP);
+	else if (n == SF_STAGE_LEN)
+		stage_flush(s, n, wakeup_flags(e->hdr.ts_ns));
+	else if (s->armed || (can_arm && (s->armed = stage_arm())))
+		s->n = n;
+	else
+		stage_flush(s, n, wakeup_flags(e->hdr.ts_ns));
+	barrier();
+	s->busy = 0;
 }
 
 /* Casts a kernel pointer to a typed, read-only one (the verifier turns the call
@@ -521,6 +671,7 @@ static __always_inline int on_listen(struct bpf_sock_ops *skops, struct bpf_sock
 static __always_inline int on_connect(struct bpf_sock_ops *skops, struct sock *sk)
 {
 	struct task_struct *task;
+	struct sf_stage *s;
 	struct sf_event *e;
 	__u64 cookie, now;
 
@@ -530,7 +681,7 @@ static __always_inline int on_connect(struct bpf_sock_ops *skops, struct sock *s
 	now = sf_clock();
 	task = bpf_get_current_task_btf();
 	track_conn(skops, cookie, SF_ROLE_OUTBOUND, 0, now, task);
-	e = reserve_at(SF_KIND_CONNECT, now);
+	e = stage_reserve(SF_KIND_CONNECT, now, &s);
 	if (!e)
 		return 1;
 	fill_sock(&e->sock, sk);
@@ -538,7 +689,7 @@ static __always_inline int on_connect(struct bpf_sock_ops *skops, struct sock *s
 	fill_task(&e->task, task);
 	e->start_ns = now;
 	e->role = SF_ROLE_OUTBOUND;
-	submit_with_task(e);
+	stage_submit(e, s, new_instance(e), true);
 	return 1;
 }
 
@@ -546,13 +697,14 @@ static __always_inline int on_connect(struct bpf_sock_ops *skops, struct sock *s
 static __always_inline int on_active_established(struct bpf_sock_ops *skops, struct tcp_sock *tp, struct sock *sk)
 {
 	struct sf_flow_state *st;
+	struct sf_stage *s;
 	struct sf_event *e;
 	__u64 cookie;
 
 	if (!tracked(skops))
 		return 1; /* connect() was not seen: before sockflow started, or filtered */
 	cookie = skops_cookie(skops, sk);
-	e = reserve_at(SF_KIND_ESTABLISHED, tcp_time(tp));
+	e = stage_reserve(SF_KIND_ESTABLISHED, tcp_time(tp), &s);
 	if (!e)
 		return 1;
 	fill_sock(&e->sock, sk);
@@ -563,7 +715,7 @@ static __always_inline int on_active_established(struct bpf_sock_ops *skops, str
 		e->start_ns = st->start_ns;
 		keep_owner(&e->task, st);
 	}
-	submit(e);
+	stage_submit(e, s, false, true);
 	return 1;
 }
 
@@ -574,6 +726,7 @@ static __always_inline int on_active_established(struct bpf_sock_ops *skops, str
 static __always_inline int on_passive_established(struct bpf_sock_ops *skops, struct bpf_sock *bsk,
 						  struct tcp_sock *tp, struct sock *sk)
 {
+	struct sf_stage *stg;
 	struct sf_event *e;
 	struct sf_sock s = {};
 	__u64 cookie, listener, now;
@@ -586,14 +739,14 @@ static __always_inline int on_passive_established(struct bpf_sock_ops *skops, st
 	s.cookie = cookie;
 	listener = find_listener(bsk, sk, &s);
 	track_conn(skops, cookie, SF_ROLE_INBOUND, listener, now, NULL);
-	e = reserve_at(SF_KIND_ESTABLISHED, now);
+	e = stage_reserve(SF_KIND_ESTABLISHED, now, &stg);
 	if (!e)
 		return 1;
 	e->sock = s;
 	e->start_ns = now;
 	e->listener_cookie = listener;
 	e->role = SF_ROLE_INBOUND;
-	submit(e);
+	stage_submit(e, stg, false, true);
 	return 1;
 }
 
@@ -604,6 +757,7 @@ static __always_inline int on_close(struct bpf_sock_ops *skops, struct tcp_sock 
 {
 	struct sock *sk = &tp->inet_conn.icsk_inet.sk;
 	struct sf_flow_state *st;
+	struct sf_stage *stg;
 	struct sf_event *e;
 	__u8 old = skops->args[0];
 	__u64 cookie, now;
@@ -633,7 +787,7 @@ static __always_inline int on_close(struct bpf_sock_ops *skops, struct tcp_sock 
 		now = tcp_time(tp);
 	else
 		now = sf_clock();
-	e = reserve_at(SF_KIND_CLOSE, now);
+	e = stage_reserve(SF_KIND_CLOSE, now, &stg);
 	if (e) {
 		fill_sock(&e->sock, sk);
 		e->sock.cookie = cookie;
@@ -654,7 +808,7 @@ static __always_inline int on_close(struct bpf_sock_ops *skops, struct tcp_sock 
 		if ((old == TCP_FIN_WAIT2 || old == TCP_CLOSING || old == TCP_LAST_ACK) &&
 		    tp->snd_una == tp->write_seq)
 			e->close_flags |= SF_CLOSE_FIN_ACKED;
-		submit(e);
+		stage_submit(e, stg, false, true);
 	}
 	/* a socket that listens again starts a new flow */
 	if (old == TCP_LISTEN)
@@ -729,6 +883,7 @@ static __always_inline int on_accept(long fd)
 {
 	struct task_struct *task;
 	struct sock_common *skc;
+	struct sf_stage *s;
 	struct sf_event *e;
 	struct sock *sk;
 	__u16 family, lport, rport;
@@ -750,7 +905,7 @@ static __always_inline int on_accept(long fd)
 	if (!port_selected(lport, rport))
 		return 0;
 
-	e = reserve(SF_KIND_ACCEPT);
+	e = stage_reserve(SF_KIND_ACCEPT, sf_clock(), &s);
 	if (!e)
 		return 0;
 	e->sock.cookie = skc->skc_cookie.counter;
@@ -759,7 +914,7 @@ static __always_inline int on_accept(long fd)
 	e->fd = fd;
 	e->role = SF_ROLE_INBOUND;
 	fill_task(&e->task, task);
-	submit_with_task(e);
+	stage_submit(e, s, new_instance(e), false);
 	return 0;
 }
 

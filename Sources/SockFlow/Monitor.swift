@@ -59,6 +59,9 @@ public final class Monitor: @unchecked Sendable {
     private var signalFD: Int32 = -1
     /// Samples taken from the ring, filtered or not: what tells an empty batch.
     private let samples = SampleCounter()
+    /// Batched wakeups stage records per CPU in the kernel: they are put back in
+    /// time order here. Nil when the kernel wakes the reader on every record.
+    private let reorder: RecordReorder?
     private let reconciler = Reconciler()
     private var summaryWriter: LineWriter?
     private var activePolicy: Policy?
@@ -112,10 +115,23 @@ public final class Monitor: @unchecked Sendable {
         guard epollFD >= 0, stopFD >= 0 else { throw BPFError("create the event loop", code: errno) }
         let builder = self.builder
         let samples = self.samples
-        self.ring = try RingBuffer(mapFD: program.ringBufferFD) { sample in
-            samples.count &+= 1
-            builder.handle(sample: sample)
-            return !builder.isFinished
+        let interval = options.wakeupIntervalNanoseconds
+        if interval > 0 {
+            let reorder = RecordReorder(holdBack: Self.holdBack(wakeupInterval: interval))
+            reorder.onUndecodable = { builder.noteUndecodable() }
+            self.reorder = reorder
+            self.ring = try RingBuffer(mapFD: program.ringBufferFD) { sample in
+                samples.count &+= 1
+                reorder.add(sample: sample)
+                return true
+            }
+        } else {
+            self.reorder = nil
+            self.ring = try RingBuffer(mapFD: program.ringBufferFD) { sample in
+                samples.count &+= 1
+                builder.handle(sample: sample)
+                return !builder.isFinished
+            }
         }
         try watch(ring.epollFD, tag: 1)
         try watch(stopFD, tag: 3)
@@ -147,6 +163,14 @@ public final class Monitor: @unchecked Sendable {
             // already: no window), so even a crash leaves the enforcement in place.
             try program.persistEnforcement()
         }
+    }
+
+    /// The longest a record can take from its kernel time to the reader: up to
+    /// one interval in its CPU's stage, then up to one interval (and the reader's
+    /// 1 ms of slack) in the ring; plus a margin for a timer or a reader that
+    /// runs late on a busy machine.
+    static func holdBack(wakeupInterval: UInt64) -> UInt64 {
+        2 * wakeupInterval + max(2_000_000, wakeupInterval / 2)
     }
 
     deinit {
@@ -214,6 +238,13 @@ public final class Monitor: @unchecked Sendable {
             // batch, sleep until the kernel wakes us (it does for the first record
             // after a quiet interval).
             var timeout: Int32 = active ? interval + 1 : -1
+            if let reorder, let oldest = reorder.oldest {
+                // wake when the oldest record held is due
+                let due = oldest &+ reorder.holdBack
+                let now = WallClock.kernelNow()
+                let wait = due > now ? Int32(min((due - now + 999_999) / 1_000_000, 10_000)) : 0
+                timeout = timeout < 0 ? wait : min(timeout, wait)
+            }
             if let deadline {
                 let now = WallClock.kernelNow()
                 if now >= deadline {
@@ -274,7 +305,7 @@ public final class Monitor: @unchecked Sendable {
     /// --keep-existing) and say so in-band.
     private func applied(_ policy: Policy) {
         builder.clock.refresh()
-        _ = try? ring.consume()  // records from before the swap come first
+        try? pump(all: true)  // records from before the swap come first
         let destroyed = configuration.keepExisting ? 0 : enforcer.enforce(policy).destroyed
         builder.emitPolicyStatus(PolicyStatus(
             loaded: true, file: configuration.policyPath ?? "", rules: policy.rules.count, error: nil, destroyed: destroyed))
@@ -320,9 +351,15 @@ public final class Monitor: @unchecked Sendable {
         return hit
     }
 
-    private func pump() throws {
+    private func pump(all: Bool = false) throws {
         builder.clock.refresh()
         try ring.consume()
+        if let reorder {
+            let builder = self.builder
+            let now = WallClock.kernelNow()
+            let cutoff = all ? UInt64.max : (now > reorder.holdBack ? now - reorder.holdBack : 0)
+            reorder.release(upTo: cutoff) { kind, e in builder.handle(kind, e) }
+        }
         if !builder.isFinished {
             builder.noteKernelLoss(ringBuffer: program.lostTotal, untrackedSockets: program.untrackedSockets)
             builder.flushPendingLoss()
@@ -332,15 +369,21 @@ public final class Monitor: @unchecked Sendable {
 
     private func finish(_ reason: StopReason) {
         program.detach()  // pinned enforcement (--persist) stays attached
+        var stranded: UInt64 = 0
         if reason != .count, reason != .outputClosed {
-            try? pump()  // what the kernel submitted before the programs went away
+            // The stages' timers hand their last records to the ring within one interval.
+            let limit = WallClock.kernelNow() + 2 * program.options.wakeupIntervalNanoseconds + 100_000_000
+            while program.stagedRecords > 0, WallClock.kernelNow() < limit { usleep(1000) }
+            stranded = UInt64(program.stagedRecords)
+            try? pump(all: true)  // what the kernel submitted before the programs went away
+            if stranded > 0 { builder.noteKernelLoss(ringBuffer: program.lostTotal + stranded) }
             reconciler.maybeRun(builder, force: true)  // so open_flows counts live flows only
         }
         builder.flushDenials(all: true)
         builder.emitStop(
             reason: reason.rawValue,
             counters: [
-                ("lost", program.lostTotal),
+                ("lost", program.lostTotal + stranded),
                 ("undecodable", builder.undecodable),
                 ("untracked_sockets", program.untrackedSockets),
                 ("untracked_flows", builder.table.untracked),

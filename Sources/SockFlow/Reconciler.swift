@@ -16,11 +16,13 @@ final class Reconciler {
     let minimumInterval: UInt64 = 5_000_000_000
 
     /// Reconciles if records were lost since the last run, or the table is full;
-    /// at most once per `minimumInterval` unless `force`.
+    /// at most once per `minimumInterval` unless `force`. A forced run (at stop)
+    /// reconciles if anything was ever lost: the run that first saw the loss may
+    /// have come before the held records of those flows reached the table.
     func maybeRun(_ builder: RecordBuilder, force: Bool = false) {
         let loss = builder.reportedRingLoss &+ builder.reportedStorageLoss
         let table = builder.table
-        guard loss != lossSeen || table.count >= table.limit else { return }
+        guard loss != lossSeen || (force && loss > 0) || table.count >= table.limit else { return }
         let now = WallClock.kernelNow()
         guard force || now &- lastRun >= minimumInterval else { return }
         lastRun = now

@@ -105,6 +105,22 @@ public final class MonitorProgram {
     /// Listeners the kernel's listener table had no room for: no close for them.
     public var untrackedSockets: UInt64 { volatileLoad(&skel.pointee.bss.pointee.untracked_sockets) }
 
+    /// Records waiting in the kernel's per-CPU stages (batched wakeups only): a
+    /// timer hands them to the ring within one wakeup interval.
+    public var stagedRecords: Int {
+        let map = skel.pointee.maps.stage
+        let cpus = Int(libbpf_num_possible_cpus())
+        let size = (Int(bpf_map__value_size(map)) + 7) & ~7
+        guard cpus > 0 else { return 0 }
+        var values = [UInt8](repeating: 0, count: size * cpus)
+        var key: UInt32 = 0
+        let rc = values.withUnsafeMutableBytes { bpf_map__lookup_elem(map, &key, 4, $0.baseAddress, $0.count, 0) }
+        guard rc == 0 else { return 0 }
+        return values.withUnsafeBytes { raw in
+            (0..<cpus).reduce(0) { $0 + Int(raw.loadUnaligned(fromByteOffset: $1 * size, as: UInt32.self)) }
+        }
+    }
+
     /// The power of two of slots at or above `capacity` (64 ... 2^24).
     static func connectionSlots(_ capacity: Int) -> UInt32 {
         var slots: UInt32 = 64
@@ -138,6 +154,9 @@ public final class MonitorProgram {
         try check(bpf_map__set_max_entries(skel.pointee.maps.events, UInt32(size)), "set the ring buffer size")
         let slots = Self.connectionSlots(options.flowCapacity)
         try check(bpf_map__set_max_entries(skel.pointee.maps.conns, slots), "size the kernel's connection table")
+        let cpus = libbpf_num_possible_cpus()
+        guard cpus > 0 else { throw BPFError("count the possible CPUs", code: -cpus) }
+        try check(bpf_map__set_max_entries(skel.pointee.maps.flush_timers, UInt32(cpus)), "size the per-CPU flush timers")
         var cfg = sf_config()
         cfg.wakeup_interval_ns = options.wakeupIntervalNanoseconds
         cfg.wakeup_bytes = options.wakeupBytes ?? UInt64(size / 4)

@@ -107,6 +107,70 @@ struct MonitorOptionsTests {
         #expect(run.out.snapshot.last?.contains(" stop ") == true)
     }
 
+    @Test("batched records: a close staged on one CPU reaches the ring before its connect staged on another; written in order")
+    func stagedAcrossCPUs() throws {
+        #expect(sysconf(Int32(_SC_NPROCESSORS_ONLN)) >= 2, "needs two CPUs")
+        // CPU 1's stage is armed first (the first connection's handshake), then
+        // CPU 0's (the second connect); the second connection is reset from CPU 1,
+        // so its close is flushed with CPU 1's records, before its connect.
+        let script = """
+            import os, socket, struct, sys, time
+            os.sched_setaffinity(0, {1})
+            l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen(16)
+            port = l.getsockname()[1]
+            sys.stdin.readline()
+            a = socket.create_connection(("127.0.0.1", port)); a1, _ = l.accept()
+            time.sleep(0.1)
+            os.sched_setaffinity(0, {0})
+            b = socket.create_connection(("127.0.0.1", port))
+            time.sleep(0.1)
+            os.sched_setaffinity(0, {1})
+            b.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            print(port, b.getsockname()[1], flush=True)
+            b.close()
+            sys.stdin.readline()
+            """
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        p.arguments = ["python3", "-c", script]
+        let input = Pipe(), output = Pipe()
+        p.standardInput = input
+        p.standardOutput = output
+        try p.run()
+        defer { Helper.reap(p) }
+        let lines = LineCollector(fd: dup(output.fileHandleForReading.fileDescriptor))
+        // a second's wakeup interval: the stages hold their records for up to a second
+        let run = try SockflowRun(["monitor", "--max-delay", "1000"])
+        try input.fileHandleForWriting.write(contentsOf: Data("go\n".utf8))
+        let ports = try #require(lines.wait(timeout: 10) { $0.first }?.split(separator: " ").compactMap { Int($0) })
+        try #require(ports.count == 2)
+        let close = try run.waitFor("the reset's close", timeout: 10) { $0.event == "close" && $0.localPort == ports[1] }
+        try input.fileHandleForWriting.write(contentsOf: Data("done\n".utf8))
+        #expect(run.stop() == 0)
+        let mine = run.records.filter { $0["flow"] != nil && ($0.localPort == ports[0] || $0.remotePort == ports[0]) }
+        let b = mine.filter { $0.localPort == ports[1] }
+        #expect(b.map(\.event) == ["connect", "established", "close"], "\(b.map(\.event))")
+        #expect(close.string("reason") == "reset")
+        let times = mine.compactMap(\.timeNs)
+        #expect(times.count == mine.count && times == times.sorted(), "written in kernel time order")
+        try run.validateStream()
+    }
+
+    @Test("stopping right after a connection: the records still in the kernel's stages are written, none lost")
+    func stopDrainsStages() throws {
+        let server = try Helper(["serve", "--reply", "10"])
+        let run = try SockflowRun(["monitor", "--max-delay", "2000", "--port", String(server.port)])
+        let client = try Helper.run(["connect", "--port", String(server.port), "--send", "10"])
+        let cport = try #require(Int(client["lport"] ?? ""))
+        #expect(run.stop() == 0)  // at once: the stages hold the records for up to 2 s
+        server.finish()
+        let flows = run.records.filter { $0["flow"] != nil }
+        #expect(flows.filter { $0.localPort == cport }.map(\.event) == ["connect", "established", "close"])
+        #expect(flows.filter { $0.remotePort == cport }.map(\.event) == ["established", "accept", "close"])
+        #expect(run.records.last?.int("counters.lost") == 0)
+        try run.validateStream()
+    }
+
     @Test("a full ring buffer: the kernel counts, 'lost' records say how many, seq never jumps")
     func lostRecords() throws {
         // 4 KiB holds 15 records; the reader is woken only every second.
