@@ -238,8 +238,10 @@ public final class Monitor: @unchecked Sendable {
             // batch, sleep until the kernel wakes us (it does for the first record
             // after a quiet interval).
             var timeout: Int32 = active ? interval + 1 : -1
-            if let reorder, let oldest = reorder.oldest {
-                // wake when the oldest record held is due
+            if !active, let reorder, let oldest = reorder.oldest {
+                // No new records, some held: wake when the oldest is due. (While
+                // records come, the interval's passes release them: waking for each
+                // one as it fell due would multiply the passes.)
                 let due = oldest &+ reorder.holdBack
                 let now = WallClock.kernelNow()
                 let wait = due > now ? Int32(min((due - now + 999_999) / 1_000_000, 10_000)) : 0
