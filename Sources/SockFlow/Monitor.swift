@@ -18,8 +18,10 @@ public struct MonitorConfiguration: Sendable {
     /// Stop after this many seconds.
     public var duration: Double?
     public var ringBufferBytes = 4 << 20
-    /// The longest a record waits in the ring before it is written, in
-    /// milliseconds. 0: the kernel wakes the reader for every record.
+    /// How long the kernel may batch records, in milliseconds: per-CPU stages
+    /// and ring wakeups. A record is written within about 2.5 times this (it is
+    /// held to restore time order across CPUs). 0: no batching, the kernel wakes
+    /// the reader for every record.
     public var maxDelayMilliseconds = 10
     public var flowTableLimit = 1 << 17
     /// Stop on SIGINT and SIGTERM (the CLI); a library user calls `requestStop()`.
