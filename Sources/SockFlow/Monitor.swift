@@ -119,13 +119,13 @@ public final class Monitor: @unchecked Sendable {
         let samples = self.samples
         let interval = options.wakeupIntervalNanoseconds
         if interval > 0 {
-            let reorder = RecordReorder(holdBack: Self.holdBack(wakeupInterval: interval))
+            let reorder = RecordReorder(holdBack: Self.holdBack(wakeupInterval: interval), initialCapacity: Self.maxHeld)
             reorder.onUndecodable = { builder.noteUndecodable() }
             self.reorder = reorder
             self.ring = try RingBuffer(mapFD: program.ringBufferFD) { sample in
                 samples.count &+= 1
                 reorder.add(sample: sample)
-                return true
+                return reorder.count < Self.maxHeld  // full: pump() releases the oldest, then reads on
             }
         } else {
             self.reorder = nil
@@ -174,6 +174,12 @@ public final class Monitor: @unchecked Sendable {
     static func holdBack(wakeupInterval: UInt64) -> UInt64 {
         2 * wakeupInterval + max(2_000_000, wakeupInterval / 2)
     }
+
+    /// Records held at most (1 MiB): in a burst faster than this many per
+    /// hold-back time the oldest go out before they are due, rather than the
+    /// buffer growing with the burst (100,000 connections opened at once held
+    /// 6 MB more).
+    static let maxHeld = 4096
 
     deinit {
         ring = nil
@@ -357,12 +363,19 @@ public final class Monitor: @unchecked Sendable {
 
     private func pump(all: Bool = false) throws {
         builder.clock.refresh()
-        try ring.consume()
         if let reorder {
             let builder = self.builder
-            let now = WallClock.kernelNow()
-            let cutoff = all ? UInt64.max : (now > reorder.holdBack ? now - reorder.holdBack : 0)
-            reorder.release(upTo: cutoff) { kind, e in builder.handle(kind, e) }
+            var full: Bool
+            repeat {
+                full = try !ring.consume()
+                let now = WallClock.kernelNow()
+                let cutoff = all ? UInt64.max : (now > reorder.holdBack ? now - reorder.holdBack : 0)
+                reorder.release(upTo: cutoff, keepAtMost: full ? Self.maxHeld / 2 : .max) { kind, e in
+                    builder.handle(kind, e)
+                }
+            } while full && !builder.isFinished
+        } else {
+            try ring.consume()
         }
         if !builder.isFinished {
             builder.noteKernelLoss(ringBuffer: program.lostTotal, untrackedSockets: program.untrackedSockets)
@@ -393,6 +406,7 @@ public final class Monitor: @unchecked Sendable {
                 ("untracked_flows", builder.table.untracked),
                 ("reconciled_flows", reconciler.removed),
                 ("open_flows", UInt64(builder.table.count)),
+                ("out_of_order", reorder?.late ?? 0),
                 ("policy_records", builder.policyRecords),
             ] + (childStatus.map { [("exit_status", UInt64($0))] } ?? []))
         _ = output.flush()

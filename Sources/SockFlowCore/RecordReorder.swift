@@ -80,15 +80,18 @@ public final class RecordReorder {
         }
     }
 
-    /// Hands every held record stamped at or before `cutoff` to `body`, oldest first.
-    public func release(upTo cutoff: UInt64, _ body: (KernelEventKind, UnsafePointer<sf_event>) -> Void) {
+    /// Hands every held record stamped at or before `cutoff` to `body`, oldest
+    /// first; then, while more than `keepAtMost` are held, the oldest of the rest
+    /// (before they are due: a bound on memory in a burst).
+    public func release(upTo cutoff: UInt64, keepAtMost: Int = .max,
+                        _ body: (KernelEventKind, UnsafePointer<sf_event>) -> Void) {
         guard !keys.isEmpty else { return }
         if sorted < keys.count {
             // Per CPU the records arrive nearly in order: the sort merges runs.
             keys.sort()
         }
         var n = 0
-        while n < keys.count, keys[n].ts <= cutoff {
+        while n < keys.count, keys[n].ts <= cutoff || keys.count - n > keepAtMost {
             let key = keys[n]
             let e = UnsafePointer(storage + key.slot)
             if key.ts < released { late &+= 1 } else { released = key.ts }

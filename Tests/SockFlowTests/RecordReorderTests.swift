@@ -43,6 +43,19 @@ struct RecordReorderTests {
         #expect(r.late == 0)
     }
 
+    @Test("past keepAtMost the oldest go out before they are due, in order")
+    func bounded() {
+        let r = RecordReorder(holdBack: 0)
+        for ts in [UInt64(500), 100, 400, 200, 300] {
+            Self.sample([(2, ts, ts)]).withUnsafeBytes { r.add(sample: $0) }
+        }
+        #expect(Self.drain(r, upTo: 0).isEmpty)
+        var out: [UInt64] = []
+        r.release(upTo: 0, keepAtMost: 2) { _, e in out.append(e.pointee.hdr.ts_ns) }
+        #expect(out == [100, 200, 300])
+        #expect(r.count == 2 && r.oldest == 400)
+    }
+
     @Test("a record older than one already released still comes out, counted as late")
     func late() {
         let r = RecordReorder(holdBack: 0)
