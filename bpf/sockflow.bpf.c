@@ -102,7 +102,8 @@ struct {
 	__type(value, struct sf_proc_seen);
 } procs SEC(".maps");
 
-/* Records each CPU submitted since it last looked at how full the ring is. */
+/* Submissions to the ring (a record, or a stage of them) each CPU made since it
+ * last looked at how full the ring is. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
@@ -216,14 +217,15 @@ static __always_inline void submit_with_task(struct sf_event *e)
 /*
  * Staging. A ring-buffer reserve and submit cost about 100 ns per record here
  * (two helper calls and the ring's lock, whose cache line moves between the
- * CPUs). With batched wakeups, the TCP records (connect, established, close)
- * are written into a per-CPU stage instead and handed to the ring eight at a
- * time with one bpf_ringbuf_output(). A record waits in the stage at most one
- * wakeup interval: the first record of a batch arms a timer pinned to the CPU
- * that flushes what is there. A program that interrupts another one on the same
- * CPU (softirq over process context) finds the stage taken and goes to the ring
- * directly. The records of different CPUs therefore reach the ring out of time
- * order; user space puts them back in order (Sources/SockFlow/Reorder.swift).
+ * CPUs). With batched wakeups, the TCP records (connect, established, accept,
+ * close) are written into a per-CPU stage instead and handed to the ring eight
+ * at a time with one bpf_ringbuf_output(). A record waits in the stage at most
+ * one wakeup interval: the first record of a batch arms a timer pinned to the
+ * CPU that flushes what is there. A program that interrupts another one on the
+ * same CPU (softirq over process context) finds the stage taken and goes to the
+ * ring directly. The records of different CPUs therefore reach the ring out of
+ * time order; user space puts them back in order
+ * (Sources/SockFlowCore/RecordReorder.swift).
  */
 #define SF_STAGE_LEN 8
 

@@ -391,8 +391,9 @@ public final class Monitor: @unchecked Sendable {
             // The stages' timers hand their last records to the ring within one interval.
             let limit = WallClock.kernelNow() + 2 * program.options.wakeupIntervalNanoseconds + 100_000_000
             while program.stagedRecords > 0, WallClock.kernelNow() < limit { usleep(1000) }
-            stranded = UInt64(program.stagedRecords)
             try? pump(all: true)  // what the kernel submitted before the programs went away
+            // Still staged now: they will not be read.
+            stranded = UInt64(program.stagedRecords)
             if stranded > 0 { builder.noteKernelLoss(ringBuffer: program.lostTotal + stranded) }
             reconciler.maybeRun(builder, force: true)  // so open_flows counts live flows only
         }
