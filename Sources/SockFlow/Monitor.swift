@@ -119,7 +119,9 @@ public final class Monitor: @unchecked Sendable {
         let samples = self.samples
         let interval = options.wakeupIntervalNanoseconds
         if interval > 0 {
-            let reorder = RecordReorder(holdBack: Self.holdBack(wakeupInterval: interval), initialCapacity: Self.maxHeld)
+            let reorder = RecordReorder(
+                holdBack: Self.holdBack(wakeupInterval: interval),
+                initialCapacity: Self.maxHeld + 16)  // the sample that fills it may hold a whole stage
             reorder.onUndecodable = { builder.noteUndecodable() }
             self.reorder = reorder
             self.ring = try RingBuffer(mapFD: program.ringBufferFD) { sample in
