@@ -217,23 +217,25 @@ static __always_inline void submit_with_task(struct sf_event *e)
 /*
  * Staging. A ring-buffer reserve and submit cost about 100 ns per record here
  * (two helper calls and the ring's lock, whose cache line moves between the
- * CPUs). With batched wakeups, the TCP records (connect, established, accept,
+ * CPUs). While the reader is active (it has said it will look at the ring again
+ * within one wakeup interval), the TCP records (connect, established, accept,
  * close) are written into a per-CPU stage instead and handed to the ring eight
- * at a time with one bpf_ringbuf_output(). A record waits in the stage at most
- * one wakeup interval: the first record of a batch arms a timer pinned to the
- * CPU that flushes what is there. A program that interrupts another one on the
- * same CPU (softirq over process context) finds the stage taken and goes to the
- * ring directly. The records of different CPUs therefore reach the ring out of
- * time order; user space puts them back in order
- * (Sources/SockFlowCore/RecordReorder.swift).
+ * at a time with one bpf_ringbuf_output(). The reader hands over what is left
+ * in the stages at the start of each of its passes (flush_stages below, run
+ * from user space), so a record waits in a stage at most until the reader's
+ * next pass, and no timer is needed. A reader about to sleep until woken says
+ * so first, then flushes once more: from then on records go to the ring
+ * directly and wake it as before. A program that interrupts another one on the
+ * same CPU (softirq over process context), or finds the reader flushing, finds
+ * the stage taken and goes to the ring directly. The records of different CPUs
+ * therefore reach the ring out of time order; user space puts them back in
+ * order (Sources/SockFlowCore/RecordReorder.swift).
  */
 #define SF_STAGE_LEN 8
 
 struct sf_stage {
-	__u32 n;     /* records staged */
-	__u32 busy;  /* taken by an atomic exchange */
-	__u32 armed; /* the flush timer is pending */
-	__u32 pad;
+	__u32 n;    /* records staged */
+	__u32 busy; /* taken by an atomic exchange */
 	struct sf_event ev[SF_STAGE_LEN];
 };
 
@@ -244,23 +246,9 @@ struct {
 	__type(value, struct sf_stage);
 } stage SEC(".maps");
 
-struct sf_flush_timer {
-	struct bpf_timer timer;
-	__u32 ready; /* initialized */
-	__u32 pad;
-};
+/* Written by user space: 1 while the reader will pass again by itself. */
+__u32 reader_active = 0;
 
-/* One per CPU, indexed by CPU number (user space sets the number of possible CPUs). */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1024);
-	__type(key, __u32);
-	__type(value, struct sf_flush_timer);
-} flush_timers SEC(".maps");
-
-#define SF_TIMER_CPU_PIN (1ULL << 1) /* BPF_F_TIMER_CPU_PIN, Linux 6.7 */
-#define SF_STAGE_RETRY_NS 100000
-#define SF_CLOCK_MONOTONIC 1
 #define barrier() asm volatile("" ::: "memory")
 
 /* Hands the n staged records to the ring (caller holds the stage). */
@@ -273,44 +261,8 @@ static __always_inline void stage_flush(struct sf_stage *s, __u32 n, __u64 flags
 		__sync_fetch_and_add(&lost_total, n);
 }
 
-static int stage_timer_fired(void *map, __u32 *cpu, struct sf_flush_timer *t)
-{
-	__u32 zero = 0;
-	struct sf_stage *s = bpf_map_lookup_percpu_elem(&stage, &zero, *cpu);
-
-	if (!s)
-		return 0;
-	if (__sync_lock_test_and_set(&s->busy, 1)) {
-		/* it interrupted a program that holds the stage: a little later */
-		bpf_timer_start(&t->timer, SF_STAGE_RETRY_NS, SF_TIMER_CPU_PIN);
-		return 0;
-	}
-	s->armed = 0;
-	stage_flush(s, s->n, wakeup_flags(sf_clock()));
-	barrier();
-	s->busy = 0;
-	return 0;
-}
-
-/* Arms this CPU's flush timer; false if it cannot be. */
-static __always_inline bool stage_arm(void)
-{
-	__u32 cpu = bpf_get_smp_processor_id();
-	struct sf_flush_timer *t = bpf_map_lookup_elem(&flush_timers, &cpu);
-
-	if (!t)
-		return false;
-	if (!t->ready) {
-		bpf_timer_init(&t->timer, &flush_timers, SF_CLOCK_MONOTONIC);
-		if (bpf_timer_set_callback(&t->timer, stage_timer_fired))
-			return false;
-		t->ready = 1;
-	}
-	return bpf_timer_start(&t->timer, cfg.wakeup_interval_ns, SF_TIMER_CPU_PIN) == 0;
-}
-
-/* A record in this CPU's stage, or, when the stage is taken or wakeups are not
- * batched, in the ring (*sp stays NULL). Submit it with stage_submit(). */
+/* A record in this CPU's stage, or, when the stage is taken or the reader is
+ * not active, in the ring (*sp stays NULL). Submit it with stage_submit(). */
 static __always_inline struct sf_event *stage_reserve(__u16 kind, __u64 now, struct sf_stage **sp)
 {
 	struct sf_stage *s = NULL;
@@ -322,6 +274,13 @@ static __always_inline struct sf_event *stage_reserve(__u16 kind, __u64 now, str
 		s = bpf_map_lookup_elem(&stage, &zero);
 	if (!s || __sync_lock_test_and_set(&s->busy, 1))
 		return reserve_at(kind, now);
+	/* read after taking the stage: a reader that flushed after saying it
+	 * sleeps took the stage after that too, so this sees it */
+	if (!*(volatile __u32 *)&reader_active) {
+		barrier();
+		s->busy = 0;
+		return reserve_at(kind, now);
+	}
 	e = &s->ev[s->n & (SF_STAGE_LEN - 1)];
 	__builtin_memset(e, 0, sizeof(*e));
 	e->hdr.ts_ns = now;
@@ -333,11 +292,8 @@ static __always_inline struct sf_event *stage_reserve(__u16 kind, __u64 now, str
 	return e;
 }
 
-/* wake: the reader must see this record now (a process instance new to it).
- * can_arm: a constant, false in tracepoint programs, which may not use timers
- * (the verifier refuses a timer map there): they leave a record in the stage
- * only while a timer some other program armed is pending. */
-static __always_inline void stage_submit(struct sf_event *e, struct sf_stage *s, bool wake, bool can_arm)
+/* wake: the reader must see this record now (a process instance new to it). */
+static __always_inline void stage_submit(struct sf_event *e, struct sf_stage *s, bool wake)
 {
 	__u32 n;
 
@@ -350,10 +306,8 @@ static __always_inline void stage_submit(struct sf_event *e, struct sf_stage *s,
 		stage_flush(s, n, BPF_RB_FORCE_WAKEUP);
 	else if (n == SF_STAGE_LEN)
 		stage_flush(s, n, wakeup_flags(e->hdr.ts_ns));
-	else if (s->armed || (can_arm && (s->armed = stage_arm())))
-		s->n = n;
 	else
-		stage_flush(s, n, wakeup_flags(e->hdr.ts_ns));
+		s->n = n;
 	barrier();
 	s->busy = 0;
 }
@@ -691,7 +645,7 @@ static __always_inline int on_connect(struct bpf_sock_ops *skops, struct sock *s
 	fill_task(&e->task, task);
 	e->start_ns = now;
 	e->role = SF_ROLE_OUTBOUND;
-	stage_submit(e, s, new_instance(e), true);
+	stage_submit(e, s, new_instance(e));
 	return 1;
 }
 
@@ -717,7 +671,7 @@ static __always_inline int on_active_established(struct bpf_sock_ops *skops, str
 		e->start_ns = st->start_ns;
 		keep_owner(&e->task, st);
 	}
-	stage_submit(e, s, false, true);
+	stage_submit(e, s, false);
 	return 1;
 }
 
@@ -748,7 +702,7 @@ static __always_inline int on_passive_established(struct bpf_sock_ops *skops, st
 	e->start_ns = now;
 	e->listener_cookie = listener;
 	e->role = SF_ROLE_INBOUND;
-	stage_submit(e, stg, false, true);
+	stage_submit(e, stg, false);
 	return 1;
 }
 
@@ -810,7 +764,7 @@ static __always_inline int on_close(struct bpf_sock_ops *skops, struct tcp_sock 
 		if ((old == TCP_FIN_WAIT2 || old == TCP_CLOSING || old == TCP_LAST_ACK) &&
 		    tp->snd_una == tp->write_seq)
 			e->close_flags |= SF_CLOSE_FIN_ACKED;
-		stage_submit(e, stg, false, true);
+		stage_submit(e, stg, false);
 	}
 	/* a socket that listens again starts a new flow */
 	if (old == TCP_LISTEN)
@@ -916,7 +870,7 @@ static __always_inline int on_accept(long fd)
 	e->fd = fd;
 	e->role = SF_ROLE_INBOUND;
 	fill_task(&e->task, task);
-	stage_submit(e, s, new_instance(e), false);
+	stage_submit(e, s, new_instance(e));
 	return 0;
 }
 
@@ -1487,4 +1441,28 @@ int enforce_ingress(struct __sk_buff *skb)
 		}
 	}
 	return d->action == SF_ACTION_DENY ? 0 : 1;
+}
+
+/* Run by the reader (BPF_PROG_TEST_RUN) at the start of each pass: every CPU's
+ * stage to the ring. Returns how many stages were taken (a program was writing
+ * into one): their records wait for the next pass. */
+SEC("syscall")
+int flush_stages(void *ctx)
+{
+	__u32 zero = 0, taken = 0;
+
+	for (__u32 cpu = 0; cpu < 1024; cpu++) {
+		struct sf_stage *s = bpf_map_lookup_percpu_elem(&stage, &zero, cpu);
+
+		if (!s)
+			break;
+		if (__sync_lock_test_and_set(&s->busy, 1)) {
+			taken++;
+			continue;
+		}
+		stage_flush(s, s->n, BPF_RB_NO_WAKEUP);
+		barrier();
+		s->busy = 0;
+	}
+	return taken;
 }

@@ -19,9 +19,9 @@ public struct MonitorConfiguration: Sendable {
     public var duration: Double?
     public var ringBufferBytes = 4 << 20
     /// How long the kernel may batch records, in milliseconds: per-CPU stages
-    /// and ring wakeups. A record is written within about 2.5 times this (it is
-    /// held to restore time order across CPUs). 0: no batching, the kernel wakes
-    /// the reader for every record.
+    /// and ring wakeups. A record is written within about this much plus 2 ms
+    /// (it is held until records of other CPUs that are older have been read).
+    /// 0: no batching, the kernel wakes the reader for every record.
     public var maxDelayMilliseconds = 10
     public var flowTableLimit = 1 << 17
     /// Stop on SIGINT and SIGTERM (the CLI); a library user calls `requestStop()`.
@@ -119,9 +119,7 @@ public final class Monitor: @unchecked Sendable {
         let samples = self.samples
         let interval = options.wakeupIntervalNanoseconds
         if interval > 0 {
-            let reorder = RecordReorder(
-                holdBack: Self.holdBack(wakeupInterval: interval),
-                initialCapacity: Self.maxHeld + 16)  // the sample that fills it may hold a whole stage
+            let reorder = RecordReorder(initialCapacity: Self.maxHeld + 16)  // the sample that fills it may hold a whole stage
             reorder.onUndecodable = { builder.noteUndecodable() }
             self.reorder = reorder
             self.ring = try RingBuffer(mapFD: program.ringBufferFD) { sample in
@@ -169,19 +167,22 @@ public final class Monitor: @unchecked Sendable {
         }
     }
 
-    /// The longest a record can take from its kernel time to the reader: up to
-    /// one interval in its CPU's stage, then up to one interval (and the reader's
-    /// 1 ms of slack) in the ring; plus a margin for a timer or a reader that
-    /// runs late on a busy machine.
-    static func holdBack(wakeupInterval: UInt64) -> UInt64 {
-        2 * wakeupInterval + max(2_000_000, wakeupInterval / 2)
-    }
-
-    /// Records held at most (1 MiB): in a burst faster than this many per
-    /// hold-back time the oldest go out before they are due, rather than the
-    /// buffer growing with the burst (100,000 connections opened at once held
-    /// 6 MB more).
+    /// Records held at most (1 MiB): in a burst of more than this many per
+    /// pass the oldest go out before they are due, rather than the buffer
+    /// growing with the burst (100,000 connections opened at once held 6 MB
+    /// more).
     static let maxHeld = 4096
+    /// Records stamped this long before a flush that found every stage free are
+    /// all in the ring when it is read: a record the kernel was writing into the
+    /// ring as the flush ran, or one stamped with TCP's packet time, is at most
+    /// microseconds older.
+    static let flushMargin: UInt64 = 1_000_000
+    /// Every record stamped up to this time has been read: the held ones up to
+    /// it can be written.
+    private var safeUpTo: UInt64 = 0
+    /// What the kernel was last told (`MonitorProgram.setReaderActive`).
+    private var readerActive = false
+    private var stagingFailed = false
 
     deinit {
         ring = nil
@@ -248,14 +249,9 @@ public final class Monitor: @unchecked Sendable {
             // batch, sleep until the kernel wakes us (it does for the first record
             // after a quiet interval).
             var timeout: Int32 = active ? interval + 1 : -1
-            if !active, let reorder, let oldest = reorder.oldest {
-                // No new records, some held: wake when the oldest is due. (While
-                // records come, the interval's passes release them: waking for each
-                // one as it fell due would multiply the passes.)
-                let due = oldest &+ reorder.holdBack
-                let now = WallClock.kernelNow()
-                let wait = due > now ? Int32(min((due - now + 999_999) / 1_000_000, 10_000)) : 0
-                timeout = timeout < 0 ? wait : min(timeout, wait)
+            if !active, let reorder, reorder.count > 0 {
+                // No new records, some held: the next flush releases them.
+                timeout = 2
             }
             if let deadline {
                 let now = WallClock.kernelNow()
@@ -303,6 +299,21 @@ public final class Monitor: @unchecked Sendable {
             let before = samples.count
             try pump()
             active = samples.count != before
+            if reorder != nil {
+                if active != readerActive, !active {
+                    // About to sleep until woken: from now on records go to the ring
+                    // directly and wake us; the stages' last records come out in
+                    // one more flush.
+                    program.setReaderActive(false)
+                    readerActive = false
+                    try pump()
+                    active = samples.count != before
+                }
+                if active, !readerActive, !stagingFailed {
+                    program.setReaderActive(true)
+                    readerActive = true
+                }
+            }
             if !output.flush() { reason = .outputClosed }
             _ = summaryWriter?.flush()
             if builder.isFinished { reason = .count }
@@ -367,12 +378,22 @@ public final class Monitor: @unchecked Sendable {
         builder.clock.refresh()
         if let reorder {
             let builder = self.builder
+            let flushed = WallClock.kernelNow()
+            let taken = program.flushStages()
+            if taken == nil {
+                // Cannot flush (should not happen: the program loaded): stop
+                // staging; what is staged goes out when its stage fills.
+                stagingFailed = true
+                program.setReaderActive(false)
+                readerActive = false
+            }
+            if taken ?? 0 == 0, flushed > Self.flushMargin {
+                safeUpTo = max(safeUpTo, flushed - Self.flushMargin)
+            }  // else a stage was being written: its records come with the next flush
             var full: Bool
             repeat {
                 full = try !ring.consume()
-                let now = WallClock.kernelNow()
-                let cutoff = all ? UInt64.max : (now > reorder.holdBack ? now - reorder.holdBack : 0)
-                reorder.release(upTo: cutoff, keepAtMost: full ? Self.maxHeld / 2 : .max) { kind, e in
+                reorder.release(upTo: all ? .max : safeUpTo, keepAtMost: full ? Self.maxHeld / 2 : .max) { kind, e in
                     builder.handle(kind, e)
                 }
             } while full && !builder.isFinished
@@ -390,9 +411,9 @@ public final class Monitor: @unchecked Sendable {
         program.detach()  // pinned enforcement (--persist) stays attached
         var stranded: UInt64 = 0
         if reason != .count, reason != .outputClosed {
-            // The stages' timers hand their last records to the ring within one interval.
-            let limit = WallClock.kernelNow() + 2 * program.options.wakeupIntervalNanoseconds + 100_000_000
-            while program.stagedRecords > 0, WallClock.kernelNow() < limit { usleep(1000) }
+            // The programs are detached: a stage still taken belongs to one that
+            // was running; flush until none is (pump flushes once more).
+            for _ in 0..<100 where (program.flushStages() ?? 0) > 0 { usleep(1000) }
             try? pump(all: true)  // what the kernel submitted before the programs went away
             // Still staged now: they will not be read.
             stranded = UInt64(program.stagedRecords)

@@ -105,8 +105,27 @@ public final class MonitorProgram {
     /// Listeners the kernel's listener table had no room for: no close for them.
     public var untrackedSockets: UInt64 { volatileLoad(&skel.pointee.bss.pointee.untracked_sockets) }
 
-    /// Records waiting in the kernel's per-CPU stages (batched wakeups only): a
-    /// timer hands them to the ring within one wakeup interval.
+    /// Whether the reader will look at the ring again by itself (within one
+    /// wakeup interval). While it is, the kernel stages TCP records per CPU and
+    /// leaves them for `flushStages()`; set it false, then flush once more, before
+    /// sleeping until a wakeup.
+    public func setReaderActive(_ active: Bool) {
+        // a plain store to the mmapped .bss; the flush that follows it is a syscall
+        skel.pointee.bss.pointee.reader_active = active ? 1 : 0
+    }
+
+    /// Hands every CPU's staged records to the ring (the flush_stages program,
+    /// run in this thread). Returns how many stages a program was writing into at
+    /// that moment (their records wait for the next flush), or nil if it could
+    /// not run.
+    public func flushStages() -> Int? {
+        var opts = bpf_test_run_opts()
+        opts.sz = MemoryLayout<bpf_test_run_opts>.size
+        guard bpf_prog_test_run_opts(bpf_program__fd(skel.pointee.progs.flush_stages), &opts) == 0 else { return nil }
+        return Int(opts.retval)
+    }
+
+    /// Records waiting in the kernel's per-CPU stages (batched wakeups only).
     public var stagedRecords: Int {
         let map = skel.pointee.maps.stage
         let cpus = Int(libbpf_num_possible_cpus())
@@ -154,9 +173,6 @@ public final class MonitorProgram {
         try check(bpf_map__set_max_entries(skel.pointee.maps.events, UInt32(size)), "set the ring buffer size")
         let slots = Self.connectionSlots(options.flowCapacity)
         try check(bpf_map__set_max_entries(skel.pointee.maps.conns, slots), "size the kernel's connection table")
-        let cpus = libbpf_num_possible_cpus()
-        guard cpus > 0 else { throw BPFError("count the possible CPUs", code: -cpus) }
-        try check(bpf_map__set_max_entries(skel.pointee.maps.flush_timers, UInt32(cpus)), "size the per-CPU flush timers")
         var cfg = sf_config()
         cfg.wakeup_interval_ns = options.wakeupIntervalNanoseconds
         cfg.wakeup_bytes = options.wakeupBytes ?? UInt64(size / 4)

@@ -6,15 +6,13 @@ import CSockFlowABI
 /// (bpf/sockflow.bpf.c, "Staging"), so a record of one CPU can reach the ring
 /// after later records of another: an accept before the established record of
 /// the same connection, a close before its connect. The flow table needs each
-/// flow's records in order. Records are held here until `holdBack` nanoseconds
-/// after their kernel time, the longest a record can take to reach the reader,
-/// and released sorted by that time (ties in arrival order).
+/// flow's records in order. Records are held here until the caller knows that
+/// nothing older can still arrive, and released sorted by kernel time (ties in
+/// arrival order).
 ///
 /// A sample may hold several records. Storage is reused: after the first
 /// batches nothing is allocated per record.
 public final class RecordReorder {
-    /// How long a record is held after its kernel time, in nanoseconds.
-    public let holdBack: UInt64
     /// Records that arrived after a later record had already been released: they
     /// are released at once, out of order (never dropped).
     @exclusivity(unchecked) public private(set) var late: UInt64 = 0
@@ -42,8 +40,7 @@ public final class RecordReorder {
     @exclusivity(unchecked) private var arrivals: UInt64 = 0
     @exclusivity(unchecked) private var released: UInt64 = 0
 
-    public init(holdBack: UInt64, initialCapacity: Int = 4096) {
-        self.holdBack = holdBack
+    public init(initialCapacity: Int = 4096) {
         capacity = max(initialCapacity, 16)
         storage = .allocate(capacity: capacity)
         free = Array((0..<capacity).reversed())

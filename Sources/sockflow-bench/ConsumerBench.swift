@@ -67,7 +67,7 @@ enum ConsumerBench {
         let builder = RecordBuilder(sink: writer, bootTag: BootID.tag())
         // as the monitor runs with batched wakeups: each sample copied into the
         // reorder buffer, released in time order once per batch
-        let reorder = RecordReorder(holdBack: 0)
+        let reorder = RecordReorder()
         let start = WallClock.kernelNow()
         var n = 0
         for s in samples {

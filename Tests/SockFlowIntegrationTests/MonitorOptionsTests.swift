@@ -110,9 +110,10 @@ struct MonitorOptionsTests {
     @Test("batched records: a close staged on one CPU reaches the ring before its connect staged on another; written in order")
     func stagedAcrossCPUs() throws {
         #expect(sysconf(Int32(_SC_NPROCESSORS_ONLN)) >= 2, "needs two CPUs")
-        // CPU 1's stage is armed first (the first connection's handshake), then
-        // CPU 0's (the second connect); the second connection is reset from CPU 1,
-        // so its close is flushed with CPU 1's records, before its connect.
+        // The second connection's connect and handshake are staged on CPU 0; it is
+        // reset from CPU 1, and two more connections on CPU 1 fill CPU 1's stage,
+        // which goes to the ring with that close while the connect waits in CPU
+        // 0's stage for the reader's next flush (up to a second away).
         let script = """
             import os, socket, struct, sys, time
             os.sched_setaffinity(0, {1})
@@ -126,8 +127,11 @@ struct MonitorOptionsTests {
             time.sleep(0.1)
             os.sched_setaffinity(0, {1})
             b.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            print(port, b.getsockname()[1], flush=True)
+            bport = b.getsockname()[1]
             b.close()
+            for _ in range(2):
+                c = socket.create_connection(("127.0.0.1", port)); c1, _ = l.accept(); c.close(); c1.close()
+            print(port, bport, flush=True)
             sys.stdin.readline()
             """
         let p = Process()
@@ -160,9 +164,13 @@ struct MonitorOptionsTests {
     func stopDrainsStages() throws {
         let server = try Helper(["serve", "--reply", "10"])
         let run = try SockflowRun(["monitor", "--max-delay", "2000", "--port", String(server.port)])
+        // a first connection makes the reader active: it then looks at the ring
+        // every 2 s by itself, and the kernel stages records for it
+        _ = try Helper.run(["connect", "--port", String(server.port), "--send", "10"])
+        usleep(200_000)
         let client = try Helper.run(["connect", "--port", String(server.port), "--send", "10"])
         let cport = try #require(Int(client["lport"] ?? ""))
-        #expect(run.stop() == 0)  // at once: the stages hold the records for up to 2 s
+        #expect(run.stop() == 0)  // at once: the stages hold the records until the next flush
         server.finish()
         let flows = run.records.filter { $0["flow"] != nil }
         #expect(flows.filter { $0.localPort == cport }.map(\.event) == ["connect", "established", "close"])

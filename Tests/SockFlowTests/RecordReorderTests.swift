@@ -17,7 +17,7 @@ struct RecordReorderTests {
 
     @Test("records of two CPUs' batches come out in kernel time order, each batch split into its records")
     func merged() {
-        let r = RecordReorder(holdBack: 0)
+        let r = RecordReorder()
         // CPU 1's batch reaches the ring first although CPU 0's records are older
         Self.sample([(5, 7, 300), (5, 8, 500)]).withUnsafeBytes { r.add(sample: $0) }
         Self.sample([(2, 7, 100), (3, 7, 200), (3, 8, 400)]).withUnsafeBytes { r.add(sample: $0) }
@@ -31,7 +31,7 @@ struct RecordReorderTests {
 
     @Test("records newer than the cutoff stay held; equal times keep their arrival order")
     func heldUntilDue() {
-        let r = RecordReorder(holdBack: 0)
+        let r = RecordReorder()
         Self.sample([(2, 1, 100), (2, 2, 300), (2, 3, 100)]).withUnsafeBytes { r.add(sample: $0) }
         let first = Self.drain(r, upTo: 200)
         #expect(first.map(\.1) == [1, 3])
@@ -45,7 +45,7 @@ struct RecordReorderTests {
 
     @Test("past keepAtMost the oldest go out before they are due, in order")
     func bounded() {
-        let r = RecordReorder(holdBack: 0)
+        let r = RecordReorder()
         for ts in [UInt64(500), 100, 400, 200, 300] {
             Self.sample([(2, ts, ts)]).withUnsafeBytes { r.add(sample: $0) }
         }
@@ -58,7 +58,7 @@ struct RecordReorderTests {
 
     @Test("a record older than one already released still comes out, counted as late")
     func late() {
-        let r = RecordReorder(holdBack: 0)
+        let r = RecordReorder()
         Self.sample([(2, 1, 500)]).withUnsafeBytes { r.add(sample: $0) }
         #expect(Self.drain(r).count == 1)
         Self.sample([(5, 2, 400)]).withUnsafeBytes { r.add(sample: $0) }
@@ -68,7 +68,7 @@ struct RecordReorderTests {
 
     @Test("a sample that is not whole records is counted undecodable; the whole records before it are kept")
     func undecodable() {
-        let r = RecordReorder(holdBack: 0)
+        let r = RecordReorder()
         var bad = 0
         r.onUndecodable = { bad += 1 }
         let bytes = Self.sample([(2, 1, 100), (3, 1, 200)])
@@ -80,7 +80,7 @@ struct RecordReorderTests {
 
     @Test("storage grows past its first capacity and slots are reused after release")
     func grows() {
-        let r = RecordReorder(holdBack: 0, initialCapacity: 16)
+        let r = RecordReorder(initialCapacity: 16)
         for round in 0..<3 {
             let base = UInt64(round) * 1000
             // 40 records, newest first: every one out of order
