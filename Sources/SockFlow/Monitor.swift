@@ -183,6 +183,8 @@ public final class Monitor: @unchecked Sendable {
     /// What the kernel was last told (`MonitorProgram.setReaderActive`).
     private var readerActive = false
     private var stagingFailed = false
+    /// Stages the last flush found taken: their records wait for the next one.
+    private var stagesTaken = 0
 
     deinit {
         ring = nil
@@ -249,9 +251,11 @@ public final class Monitor: @unchecked Sendable {
             // batch, sleep until the kernel wakes us (it does for the first record
             // after a quiet interval).
             var timeout: Int32 = active ? interval + 1 : -1
-            if !active, let reorder, reorder.count > 0 {
-                // No new records, some held: the next flush releases them.
-                timeout = 2
+            if !active, let reorder, reorder.count > 0 || stagesTaken > 0 {
+                // No new records, but some held, or a stage a program was writing
+                // into at the last flush (it saw the reader active): the next
+                // flush releases them.
+                timeout = stagesTaken > 0 ? 1 : 2
             }
             if let deadline {
                 let now = WallClock.kernelNow()
@@ -380,6 +384,7 @@ public final class Monitor: @unchecked Sendable {
             let builder = self.builder
             let flushed = WallClock.kernelNow()
             let taken = program.flushStages()
+            stagesTaken = taken ?? 0
             if taken == nil {
                 // Cannot flush (should not happen: the program loaded): stop
                 // staging; what is staged goes out when its stage fills.
