@@ -155,6 +155,18 @@ wake:
 	return BPF_RB_FORCE_WAKEUP;
 }
 
+/* A zeroed record with its header, in the ring or in a stage. */
+static __always_inline struct sf_event *start_record(struct sf_event *e, __u16 kind, __u64 now)
+{
+	__builtin_memset(e, 0, sizeof(*e));
+	e->hdr.ts_ns = now;
+	e->hdr.lost = lost_total;
+	e->hdr.kind = kind;
+	e->hdr.size = sizeof(*e);
+	e->hdr.cpu = bpf_get_smp_processor_id();
+	return e;
+}
+
 static __always_inline struct sf_event *reserve_at(__u16 kind, __u64 now)
 {
 	struct sf_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
@@ -163,13 +175,7 @@ static __always_inline struct sf_event *reserve_at(__u16 kind, __u64 now)
 		__sync_fetch_and_add(&lost_total, 1);
 		return NULL;
 	}
-	__builtin_memset(e, 0, sizeof(*e));
-	e->hdr.ts_ns = now;
-	e->hdr.lost = lost_total;
-	e->hdr.kind = kind;
-	e->hdr.size = sizeof(*e);
-	e->hdr.cpu = bpf_get_smp_processor_id();
-	return e;
+	return start_record(e, kind, now);
 }
 
 /* Records are stamped with CLOCK_MONOTONIC, the clock TCP keeps its own time in. */
@@ -251,6 +257,13 @@ __u32 reader_active = 0;
 
 #define barrier() asm volatile("" ::: "memory")
 
+/* Gives the stage back (its writes are done before the flag clears). */
+static __always_inline void stage_release(struct sf_stage *s)
+{
+	barrier();
+	s->busy = 0;
+}
+
 /* Hands the n staged records to the ring (caller holds the stage). */
 static __always_inline void stage_flush(struct sf_stage *s, __u32 n, __u64 flags)
 {
@@ -266,7 +279,6 @@ static __always_inline void stage_flush(struct sf_stage *s, __u32 n, __u64 flags
 static __always_inline struct sf_event *stage_reserve(__u16 kind, __u64 now, struct sf_stage **sp)
 {
 	struct sf_stage *s = NULL;
-	struct sf_event *e;
 	__u32 zero = 0;
 
 	*sp = NULL;
@@ -277,19 +289,11 @@ static __always_inline struct sf_event *stage_reserve(__u16 kind, __u64 now, str
 	/* read after taking the stage: a reader that flushed after saying it
 	 * sleeps took the stage after that too, so this sees it */
 	if (!*(volatile __u32 *)&reader_active) {
-		barrier();
-		s->busy = 0;
+		stage_release(s);
 		return reserve_at(kind, now);
 	}
-	e = &s->ev[s->n & (SF_STAGE_LEN - 1)];
-	__builtin_memset(e, 0, sizeof(*e));
-	e->hdr.ts_ns = now;
-	e->hdr.lost = lost_total;
-	e->hdr.kind = kind;
-	e->hdr.size = sizeof(*e);
-	e->hdr.cpu = bpf_get_smp_processor_id();
 	*sp = s;
-	return e;
+	return start_record(&s->ev[s->n & (SF_STAGE_LEN - 1)], kind, now);
 }
 
 /* wake: the reader must see this record now (a process instance new to it). */
@@ -308,8 +312,7 @@ static __always_inline void stage_submit(struct sf_event *e, struct sf_stage *s,
 		stage_flush(s, n, wakeup_flags(e->hdr.ts_ns));
 	else
 		s->n = n;
-	barrier();
-	s->busy = 0;
+	stage_release(s);
 }
 
 /* Casts a kernel pointer to a typed, read-only one (the verifier turns the call
@@ -1461,8 +1464,7 @@ int flush_stages(void *ctx)
 			continue;
 		}
 		stage_flush(s, s->n, BPF_RB_NO_WAKEUP);
-		barrier();
-		s->busy = 0;
+		stage_release(s);
 	}
 	return taken;
 }

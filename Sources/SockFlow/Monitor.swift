@@ -19,9 +19,10 @@ public struct MonitorConfiguration: Sendable {
     public var duration: Double?
     public var ringBufferBytes = 4 << 20
     /// How long the kernel may batch records, in milliseconds: per-CPU stages
-    /// and ring wakeups. A record is written within about this much plus 2 ms
-    /// (it is held until records of other CPUs that are older have been read).
-    /// 0: no batching, the kernel wakes the reader for every record.
+    /// and ring wakeups. A record is written about this much after its event,
+    /// sometimes a few ms more (it is held until records of other CPUs that are
+    /// older have been read). 0: no batching, the kernel wakes the reader for
+    /// every record.
     public var maxDelayMilliseconds = 10
     public var flowTableLimit = 1 << 17
     /// Stop on SIGINT and SIGTERM (the CLI); a library user calls `requestStop()`.

@@ -70,7 +70,7 @@ struct MonitorCommand: ParsableCommand {
     var ringBufferSize = ByteSize(bytes: 4 << 20)
 
     @Option(name: .customLong("max-delay"), help: ArgumentHelp(
-        "How long the kernel may batch records, in milliseconds; each is written within about this plus 2 ms (0: no batching, wake on every record).",
+        "How long the kernel may batch records, in milliseconds; each is written about this much after its event, sometimes a few ms more (0: no batching, wake on every record).",
         valueName: "ms"))
     var maxDelay = 10
 
