@@ -63,7 +63,7 @@ let package = Package(
             swiftSettings: swiftSettings),
         // Integration tests: root, real BPF programs, real processes and sockets.
         .testTarget(
-            name: "SockFlowIntegrationTests", dependencies: ["SockFlowCore", "SockFlow"],
+            name: "SockFlowIntegrationTests", dependencies: ["SockFlowCore", "SockFlowBPF", "SockFlow"],
             swiftSettings: swiftSettings),
     ]
 )

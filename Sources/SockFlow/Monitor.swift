@@ -186,6 +186,9 @@ public final class Monitor: @unchecked Sendable {
     private var stagingFailed = false
     /// Stages the last flush found taken: their records wait for the next one.
     private var stagesTaken = 0
+    /// The ring held a reserved record at the last read after the reader said it
+    /// sleeps (`MonitorProgram.setReaderActive`).
+    private var ringUnconsumed = false
 
     deinit {
         ring = nil
@@ -252,11 +255,12 @@ public final class Monitor: @unchecked Sendable {
             // batch, sleep until the kernel wakes us (it does for the first record
             // after a quiet interval).
             var timeout: Int32 = active ? interval + 1 : -1
-            if !active, let reorder, reorder.count > 0 || stagesTaken > 0 {
+            if !active, let reorder, reorder.count > 0 || stagesTaken > 0 || ringUnconsumed {
                 // No new records, but some held, or a stage a program was writing
-                // into at the last flush (it saw the reader active): the next
-                // flush releases them.
-                timeout = stagesTaken > 0 ? 1 : 2
+                // into at the last flush, or a record reserved and not yet
+                // submitted at the last read (its program may have seen the
+                // reader active, and wakes nobody): the next pass gets them.
+                timeout = stagesTaken > 0 || ringUnconsumed ? 1 : 2
             }
             if let deadline {
                 let now = WallClock.kernelNow()
@@ -314,6 +318,7 @@ public final class Monitor: @unchecked Sendable {
                     try pump()
                     active = samples.count != before
                 }
+                ringUnconsumed = !readerActive && ring.hasUnconsumed
                 if active, !readerActive, !stagingFailed {
                     program.setReaderActive(true)
                     readerActive = true

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import CLibBPF
+import Synchronization
 import CSockFlowABI
 import CSockFlowShims
 import CSockFlowSkel
@@ -109,9 +110,20 @@ public final class MonitorProgram {
     /// wakeup interval). While it is, the kernel stages TCP records per CPU and
     /// leaves them for `flushStages()`; set it false, then flush once more, before
     /// sleeping until a wakeup.
+    ///
+    /// While active the kernel does not wake the reader (it only would if the
+    /// ring filled up). Cleared, the next record wakes it at once. A program that
+    /// read the flag set just before it cleared submits without a wakeup: its
+    /// record was reserved before it read the flag (`ringBuffer.hasUnconsumed`
+    /// after the next consume says so), or sits in a stage the next flush takes
+    /// or finds taken.
     public func setReaderActive(_ active: Bool) {
-        // a plain store to the mmapped .bss; the flush that follows it is a syscall
-        skel.pointee.bss.pointee.reader_active = active ? 1 : 0
+        let bss = skel.pointee.bss!
+        if !active { bss.pointee.last_wakeup_ns = 0 }
+        bss.pointee.reader_active = active ? 1 : 0
+        // the store before any read of the ring that follows (the programs
+        // order their reservation before their read of the flag the same way)
+        atomicMemoryFence(ordering: .sequentiallyConsistent)
     }
 
     /// Hands every CPU's staged records to the ring (the flush_stages program,

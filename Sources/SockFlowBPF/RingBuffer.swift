@@ -13,6 +13,11 @@ public final class RingBuffer {
 
     private let rb: OpaquePointer
     private let box: Unmanaged<Box>
+    /// The ring's consumer and producer positions, each the first word of a page
+    /// of the map, mapped read-only (libbpf 1.1 does not say where its maps are).
+    private let consumerPage: UnsafeMutableRawPointer
+    private let producerPage: UnsafeMutableRawPointer
+    private let pageSize = Int(sysconf(Int32(_SC_PAGESIZE)))
 
     public init(mapFD: Int32, onSample: @escaping (UnsafeRawBufferPointer) -> Bool) throws(BPFError) {
         let box = Unmanaged.passRetained(Box(onSample))
@@ -26,13 +31,37 @@ public final class RingBuffer {
             box.release()
             throw BPFError("open the ring buffer", code: errno == 0 ? EINVAL : errno)
         }
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let consumer = mmap(nil, page, PROT_READ, MAP_SHARED, mapFD, 0)
+        let producer = mmap(nil, page, PROT_READ, MAP_SHARED, mapFD, off_t(page))
+        guard let consumer, consumer != MAP_FAILED, let producer, producer != MAP_FAILED else {
+            let code = errno
+            if let consumer, consumer != MAP_FAILED { munmap(consumer, page) }
+            ring_buffer__free(rb)
+            box.release()
+            throw BPFError("map the ring buffer's positions", code: code)
+        }
         self.rb = rb
         self.box = box
+        self.consumerPage = consumer
+        self.producerPage = producer
     }
 
     deinit {
+        munmap(consumerPage, pageSize)
+        munmap(producerPage, pageSize)
         ring_buffer__free(rb)
         box.release()
+    }
+
+    /// Whether the ring holds anything not consumed yet: after `consume()`, a
+    /// record a program has reserved and not submitted (consume stops at it).
+    public var hasUnconsumed: Bool {
+        // the kernel writes each position with a release store; a fresh load of
+        // each (no caching across calls: they are read through raw pointers)
+        let producer = producerPage.load(as: UInt64.self)
+        let consumer = consumerPage.load(as: UInt64.self)
+        return producer != consumer
     }
 
     /// An epoll fd that is readable when the kernel woke the reader.

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import SockFlowBPF
 
 #if canImport(Glibc)
 import Glibc
@@ -177,6 +178,85 @@ struct MonitorOptionsTests {
         #expect(flows.filter { $0.remotePort == cport }.map(\.event) == ["established", "accept", "close"])
         #expect(run.records.last?.int("counters.lost") == 0)
         try run.validateStream()
+    }
+
+    @Test("the kernel does not wake a reader that said it will look by itself; it wakes one that sleeps")
+    func wakeups() throws {
+        // One process, so that only its first record wakes the reader as a
+        // process new to it; each line on stdin runs that many connections, 5 ms apart.
+        let script = """
+            import socket, sys, time
+            l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen(64)
+            port = l.getsockname()[1]
+            print(port, flush=True)
+            for line in sys.stdin:
+                for _ in range(int(line)):
+                    c = socket.create_connection(("127.0.0.1", port)); s, _ = l.accept()
+                    c.close(); s.close(); time.sleep(0.005)
+                print("done", flush=True)
+            """
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        p.arguments = ["python3", "-c", script]
+        let input = Pipe(), output = Pipe()
+        p.standardInput = input
+        p.standardOutput = output
+        try p.run()
+        defer { Helper.reap(p) }
+        let lines = LineCollector(fd: dup(output.fileHandleForReading.fileDescriptor))
+        let port = try #require(lines.wait(timeout: 10) { $0.first.flatMap { UInt16($0) } })
+        var options = MonitorProgram.Options()
+        options.wakeupIntervalNanoseconds = 10_000_000
+        options.ports = [port]
+        let program = try MonitorProgram.start(options)
+        // bytes: a sample is a record, or a stage of up to 8
+        final class Count: @unchecked Sendable { var n = 0 }
+        let count = Count()
+        let ring = try RingBuffer(mapFD: program.ringBufferFD) { count.n += $0.count; return true }
+        let size = try #require(MonitorProgram.embeddedStructLayout("sf_event")?.size)
+        func woken(_ ms: Int32) -> Bool {  // the ring's epoll fd has an event (a wakeup put it there)
+            var fd = pollfd(fd: ring.epollFD, events: Int16(POLLIN), revents: 0)
+            return poll(&fd, 1, ms) > 0
+        }
+        func drain() throws {
+            repeat {
+                _ = program.flushStages()
+                try ring.consume()
+            } while woken(0)
+        }
+        var batches = 0
+        func connections(_ n: Int) throws {
+            try input.fileHandleForWriting.write(contentsOf: Data("\(n)\n".utf8))
+            batches += 1
+            let want = batches
+            _ = try #require(lines.wait(timeout: 20) { $0.filter { $0 == "done" }.count >= want ? true : nil })
+        }
+
+        // asleep: the first record wakes the reader (and makes the process known)
+        try drain()
+        try connections(1)
+        #expect(woken(2000), "a sleeping reader is woken")
+        try drain()
+
+        // active: 30 connections over 15 wakeup intervals and more, and no wakeup;
+        // the records wait in the stages and the ring for the reader's own pass
+        program.setReaderActive(true)
+        count.n = 0
+        try connections(30)
+        #expect(!woken(0), "the kernel woke a reader that was active")
+        _ = program.flushStages()
+        try ring.consume()
+        #expect(count.n == 30 * 6 * size, "\(count.n / size) records, 180 expected")
+
+        // asleep again: the next record wakes it at once
+        program.setReaderActive(false)
+        try drain()
+        count.n = 0
+        try connections(1)
+        #expect(woken(2000), "the first record after the reader said it sleeps wakes it")
+        try ring.consume()
+        #expect(count.n == 6 * size)
+        try input.fileHandleForWriting.close()
     }
 
     @Test("a full ring buffer: the kernel counts, 'lost' records say how many, seq never jumps")
