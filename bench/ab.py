@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Two sockflow builds at the fixed rate, side by side: what a change costs end to end.
 
-    bench/ab.py OLD NEW [--rounds 12] [--seconds 2.5]
+    bench/ab.py OLD NEW [--rounds 12] [--seconds 2.5] [--rate 20000]
 
-Each round runs the storm alone at 20k connections/s, then with each build (the
+Each round runs the storm alone at a fixed rate (20k connections/s unless --rate
+says otherwise), then with each build (the
 order alternates from round to round), then alone again; each build's run is
 compared with the mean of the two baselines, as in `make bench`'s fixed-rate step.
 The last line is the per-round difference NEW - OLD: this VM drifts by more than
@@ -28,7 +29,9 @@ def main():
     ap.add_argument("new")
     ap.add_argument("--rounds", type=int, default=12)
     ap.add_argument("--seconds", type=float, default=2.5)
+    ap.add_argument("--rate", type=int, default=run.FIXED_RATE, help="connections/s")
     args = ap.parse_args()
+    run.FIXED_RATE = args.rate
     builds = {"old": os.path.abspath(args.old), "new": os.path.abspath(args.new)}
     for path in builds.values():
         if not os.access(path, os.X_OK):
@@ -38,11 +41,11 @@ def main():
     added = {"old": [], "new": []}
     try:
         for r in range(args.rounds):
-            before = run.measure("conn1_20k", None, args.seconds, workdir)
+            before = run.measure("conn1_fixed", None, args.seconds, workdir)
             runs = {}
             for name in (["old", "new"] if r % 2 == 0 else ["new", "old"]):
-                runs[name] = run.measure("conn1_20k", run.Sockflow(False, builds[name]), args.seconds, workdir)
-            after = run.measure("conn1_20k", None, args.seconds, workdir)
+                runs[name] = run.measure("conn1_fixed", run.Sockflow(False, builds[name]), args.seconds, workdir)
+            after = run.measure("conn1_fixed", None, args.seconds, workdir)
             base = (per_cycle(before) + per_cycle(after)) / 2
             for name in added:
                 added[name].append(per_cycle(runs[name]) - base)

@@ -56,6 +56,13 @@ OUT = os.path.join(REPO, "build", "bench")
 # The fixed-rate scenario's rate, and the share of it a run must reach to count as held.
 FIXED_RATE = 20000
 HELD = 0.97
+# The machine the targets were set on (../shared/research/perf-anchors.md): the
+# 1-thread storm alone ran about 95,000 connections/s at 10.3 µs of CPU a cycle,
+# so 20,000/s was 21 % of what it could do. A slower machine runs the fixed-rate
+# step at that share of its own full rate, where the storm still has idle time
+# (at 20,000/s a machine that cannot do much more measures at full load).
+TARGET_MACHINE_RATE = 95000
+TARGET_MACHINE_US_PER_CYCLE = 10.3
 
 
 def storm_args(scenario, seconds):
@@ -63,7 +70,8 @@ def storm_args(scenario, seconds):
         "conn1": ["-m", "conn", "-t", "1", "-n", "100000000", "-T", str(seconds)],
         "conn2": ["-m", "conn", "-t", "2", "-n", "100000000", "-T", str(seconds)],
         "listen1": ["-m", "listen", "-t", "1", "-n", "100000000", "-T", str(seconds)],
-        "conn1_20k": ["-m", "conn", "-t", "1", "-r", str(FIXED_RATE), "-n", "100000000", "-T", str(seconds)],
+        "conn1_fixed": ["-m", "conn", "-t", "1", "-r", str(FIXED_RATE), "-n", "100000000", "-T", str(seconds)],
+        "churn": ["-m", "conn", "-t", "1", "-r", "20000", "-n", "100000000", "-T", str(seconds)],
         "syscall": ["-m", "syscall", "-t", "1", "-n", "1000000000", "-T", str(seconds)],
     }[scenario]
 
@@ -75,11 +83,9 @@ SCENARIO_MONITORS = {
     "conn1": ("sockflow-null", "sockflow-file", "tcpstates", "tcplife", "floor"),
     "conn2": ("sockflow-null", "tcpstates", "tcplife"),
     "listen1": ("sockflow-null", "tcpstates"),
-    "conn1_20k": ("sockflow-null", "tcplife", "floor"),
+    "conn1_fixed": ("sockflow-null", "tcplife", "floor"),
     "syscall": ("sockflow-null", "floor"),
 }
-# Monitors that run in the first few rounds of a scenario only.
-FEW_ROUNDS = {"conn1_20k": {"tcplife": 3}}
 
 
 def cpu_per_cycle(storm):
@@ -360,6 +366,22 @@ def measure(scenario, monitor, seconds, workdir):
     return row
 
 
+def machine_speed(rows, seconds):
+    """This machine's 1-thread storm alone at full rate: the conn1 baselines of
+    this run, or three storms of its own when conn1 did not run."""
+    runs = [r["storm"] for r in rows if r["scenario"] == "conn1" and r["monitor"] == "storm alone"]
+    if not runs:
+        runs = [run_storm("conn1", seconds) for _ in range(3)]
+    return {"rate": med([s["rate"] for s in runs]), "us_per_cycle": med([cpu_per_cycle(s) * 1e6 for s in runs]),
+            "runs": len(runs)}
+
+
+def fixed_rate_for(full_rate):
+    """20,000/s, or on a slower machine than the targets' the same share of its
+    full rate (rounded to 100/s)."""
+    return int(min(FIXED_RATE, round(full_rate * FIXED_RATE / TARGET_MACHINE_RATE, -2)))
+
+
 def rss_kb(pid, field="VmRSS"):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -387,7 +409,7 @@ def memory(soak_seconds, workdir):
         hold.wait(timeout=120)
         time.sleep(2)
         res["after_close_kb"] = rss_kb(pid)
-        churn = subprocess.Popen([STORM] + storm_args("conn1_20k", soak_seconds), stdout=subprocess.PIPE, text=True)
+        churn = subprocess.Popen([STORM] + storm_args("churn", soak_seconds), stdout=subprocess.PIPE, text=True)
         samples = []
         while churn.poll() is None:
             samples.append(rss_kb(pid))
@@ -483,6 +505,21 @@ def med(xs):
     return statistics.median(xs) if xs else float("nan")
 
 
+def added_cpu(rounds, name):
+    """Per round: the monitor's storm CPU per cycle (µs) over the mean of the
+    baselines before and after it (the round's own, and the next round's where
+    there is one)."""
+    added = []
+    for rnd, rr in rounds.items():
+        if name in rr and "storm alone" in rr:
+            base = cpu_per_cycle(rr["storm alone"]["storm"])
+            after = rounds.get(rnd + 1, {}).get("storm alone")
+            if after is not None:
+                base = (base + cpu_per_cycle(after["storm"])) / 2
+            added.append((cpu_per_cycle(rr[name]["storm"]) - base) * 1e6)
+    return added
+
+
 def summarize(rows, fixed_rate):
     """Markdown table, one line per (scenario, monitor)."""
     out = []
@@ -505,17 +542,9 @@ def summarize(rows, fixed_rate):
             samples = [rr[name] for rr in rounds.values() if name in rr]
             rates = [s["storm"]["rate"] for s in samples]
             per_cycle = [cpu_per_cycle(s["storm"]) * 1e6 for s in samples]
-            ratios, added = [], []
-            for rnd, rr in rounds.items():
-                if name in rr and "storm alone" in rr:
-                    base = rr["storm alone"]["storm"]
-                    me = rr[name]["storm"]
-                    ratios.append(me["rate"] / base["rate"])
-                    # the baselines before and after the round, where there is one after
-                    after = rounds.get(rnd + 1, {}).get("storm alone")
-                    base_cpu = cpu_per_cycle(base) if after is None else \
-                        (cpu_per_cycle(base) + cpu_per_cycle(after["storm"])) / 2
-                    added.append((cpu_per_cycle(me) - base_cpu) * 1e6)
+            ratios = [rr[name]["storm"]["rate"] / rr["storm alone"]["storm"]["rate"]
+                      for rr in rounds.values() if name in rr and "storm alone" in rr]
+            added = added_cpu(rounds, name)
             label = scenario + (" (after audit)" if block == "audit" else "")
             if name == "storm alone":
                 cpu = rec = rss = "–"
@@ -536,6 +565,34 @@ def summarize(rows, fixed_rate):
             else:
                 ratio = "1" if name == "storm alone" else "%.2f [%.2f–%.2f]" % (med(ratios), min(ratios), max(ratios))
                 out.append(f"| {label} | {name} | {rate} | {ratio} | {rec} | {cpu} | {rss} |")
+    return "\n".join(out)
+
+
+def scaled_table(rows, speed):
+    """The fixed-rate figures next to what they come to on the targets' machine."""
+    k = TARGET_MACHINE_US_PER_CYCLE / speed["us_per_cycle"]
+    rounds = {}
+    for r in rows:
+        rounds.setdefault(r["round"], {})[r["monitor"]] = r
+    names = [n for n in (Sockflow(False).name, "tcplife", HooksFloor.name) if any(n in rr for rr in rounds.values())]
+    added = {n: med(added_cpu(rounds, n)) for n in names}
+    mine = added.get(Sockflow(False).name)
+    out = [f"\nThis machine's 1-thread storm alone at full rate ({speed['runs']} runs): {speed['rate']:,.0f} "
+           f"connections/s, {speed['us_per_cycle']:.1f} µs of CPU a cycle. On the machine the targets were set on: "
+           f"about {TARGET_MACHINE_RATE:,}/s, {TARGET_MACHINE_US_PER_CYCLE} µs. This step ran at {FIXED_RATE:,}/s, "
+           f"{100 * FIXED_RATE / speed['rate']:.0f} % of this machine's full rate (20,000/s was "
+           f"{100 * 20000 / TARGET_MACHINE_RATE:.0f} % of the targets' machine's). The last two columns scale by "
+           f"{TARGET_MACHINE_US_PER_CYCLE} / {speed['us_per_cycle']:.1f} = {k:.3f}, what one cycle of the storm "
+           "costs there against here: an estimate, which assumes the monitor's costs shrink as the storm's do.\n",
+           "| monitor | added µs/cycle here, median | added / sockflow's | monitor CPU here, µs per connection "
+           "| scaled: added µs/cycle | scaled: monitor CPU at 20,000/s, % of a core |",
+           "|---|---|---|---|---|---|"]
+    for n in names:
+        samples = [rr[n] for rr in rounds.values() if n in rr]
+        cpu_us = med([1e6 * s["cpu_s"] / s["storm"]["cycles"] for s in samples])
+        vs = "%.1f×" % (added[n] / mine) if mine and mine > 0 and added[n] > 0 else "–"
+        out.append(f"| {n} | {added[n]:+.2f} | {vs} | {cpu_us:.2f} | {added[n] * k:+.2f} | "
+                   f"{cpu_us * k * 20000 / 1e4:.1f} |")
     return "\n".join(out)
 
 
@@ -574,15 +631,14 @@ def main():
     ap.add_argument("--monitors", default="sockflow-null,sockflow-file,tcpstates,tcplife,floor")
     ap.add_argument("--fixed-rounds", type=int, default=11,
                     help="rounds of the fixed-rate scenario, whose differences are small next to this VM's noise")
-    ap.add_argument("--fixed-rate", type=int, default=FIXED_RATE,
-                    help="connections/s of the fixed-rate scenario (and the memory step's churn); the targets are "
-                         "set at 20000, which a slow machine may not hold")
+    ap.add_argument("--fixed-rate", type=int, default=None,
+                    help="connections/s of the fixed-rate scenario; by default 20000, or on a machine slower than "
+                         "the one the targets were set on, the same share of its own full rate")
     ap.add_argument("--no-auditd", action="store_true")
     ap.add_argument("--soak", type=float, default=15, help="seconds of churn at the fixed rate in the memory step (0: skip it)")
     ap.add_argument("--no-latency", action="store_true", help="skip the connect() latency step")
     ap.add_argument("--json", default=os.path.join(OUT, "results.json"))
     args = ap.parse_args()
-    FIXED_RATE = args.fixed_rate
     if os.geteuid() != 0:
         sys.exit("bench: needs root (it loads BPF programs)")
     for path in (STORM, SOCKFLOW):
@@ -602,13 +658,17 @@ def main():
     # whose timers expire in softirq on both CPUs for a minute after it.
     consumer = consumer_bench() if os.access(os.path.join(REPO, ".build", "release", "sockflow-bench"), os.X_OK) else None
     scenarios = [s for s in args.only.split(",") if s]
+    speed = None
     for scenario in scenarios:
+        if scenario == "conn1_fixed":
+            speed = machine_speed(rows, args.seconds)
+            FIXED_RATE = args.fixed_rate or fixed_rate_for(speed["rate"])
         monitors = [m for m in chosen if m in SCENARIO_MONITORS[scenario]]
         seconds = min(args.seconds, 1.0) if scenario == "syscall" else args.seconds
-        rounds = max(args.rounds, args.fixed_rounds) if scenario == "conn1_20k" else args.rounds
-        for rnd in range(rounds + (scenario == "conn1_20k")):
+        rounds = max(args.rounds, args.fixed_rounds) if scenario == "conn1_fixed" else args.rounds
+        for rnd in range(rounds + (scenario == "conn1_fixed")):
             # this round's monitors, in an order that rotates among them
-            active = [m for m in monitors if rnd < min(rounds, FEW_ROUNDS.get(scenario, {}).get(m, rounds))]
+            active = monitors if rnd < rounds else []
             turn = rnd % len(active) if active else 0
             for name in [None] + active[turn:] + active[:turn]:
                 row = measure(scenario, make[name]() if name else None, seconds, workdir)
@@ -632,8 +692,8 @@ def main():
     uname = os.uname()
     print(f"\nsockflow benchmark, {time.strftime('%Y-%m-%d')}, {uname.release}, {os.cpu_count()} CPUs, "
           f"{args.rounds} interleaved rounds of {args.seconds} s, {time.time() - started:.0f} s in all\n")
-    print(summarize([r for r in rows if r["scenario"] not in ("conn1_20k", "syscall")], fixed_rate=False))
-    fixed = [r for r in rows if r["scenario"] == "conn1_20k"]
+    print(summarize([r for r in rows if r["scenario"] not in ("conn1_fixed", "syscall")], fixed_rate=False))
+    fixed = [r for r in rows if r["scenario"] == "conn1_fixed"]
     if fixed:
         print(f"\nAt a fixed {FIXED_RATE:,} connections/s:\n")
         print(summarize(fixed, fixed_rate=True))
@@ -642,6 +702,8 @@ def main():
             print(f"\nsockflow's own share, its run minus the empty hooks' run of the same round: "
                   f"{med(own):+.2f} µs/cycle, median [{min(own):+.2f} – {max(own):+.2f}] over {len(own)} rounds "
                   "(what its programs and the state changes they ask for cost, above what the hooks cost by themselves).")
+        if speed:
+            print(scaled_table(fixed, speed))
         runs, short = {}, {}
         for r in fixed:
             runs[r["monitor"]] = runs.get(r["monitor"], 0) + 1
@@ -665,7 +727,7 @@ def main():
         mb = lambda kb: "%.1f MB" % (kb / 1024)
         print(f"\nsockflow memory (RSS; the 4 MiB ring buffer is mapped twice and counts 8 MB of it):\n")
         print("| at rest | 100,000 live flows | after they closed | "
-              f"{args.soak:.0f} s of {FIXED_RATE / 1000:g}k conn/s churn, min–max | peak (VmHWM) | lost |")
+              f"{args.soak:.0f} s of 20k conn/s churn, min–max | peak (VmHWM) | lost |")
         print("|---|---|---|---|---|---|")
         print(f"| {mb(mem['rest_kb'])} | {mb(mem['flows_100k_kb'])} | {mb(mem['after_close_kb'])} | "
               f"{mb(mem['churn_min_kb'])} – {mb(mem['churn_max_kb'])} | {mb(mem['peak_kb'])} | {mem['lost']} |")
