@@ -114,7 +114,7 @@ public final class MonitorProgram {
     /// While active the kernel does not wake the reader (it only would if the
     /// ring filled up). Cleared, the next record wakes it at once. A program that
     /// read the flag set just before it cleared submits without a wakeup: its
-    /// record was reserved before it read the flag (`ringBuffer.hasUnconsumed`
+    /// record was reserved before it read the flag (`RingBuffer.hasUnconsumed`
     /// after the next consume says so), or sits in a stage the next flush takes
     /// or finds taken.
     public func setReaderActive(_ active: Bool) {
