@@ -171,6 +171,79 @@ struct ConnectionTests {
         try run.validateStream()
     }
 
+    @Test("listeners that share a slot of the kernel's listener index, one that closes, a wildcard after it: each flow links to its own")
+    func listenerIndexSlots() throws {
+        // q is chosen so that the keys (127.0.0.1, p) and (127.0.0.1, q) hash to
+        // one slot (bpf/sockflow.bpf.c, lindex_slot()), which then sends lookups
+        // to the hash map; r's listener has its slot alone. When all of a slot's
+        // listeners have closed it must say "none", so that the wildcard
+        // listeners that follow on p and r are found, not the closed ones.
+        let script = """
+            import os, socket, sys
+            def slot(port):
+                x = int.from_bytes(socket.inet_aton("127.0.0.1"), "little") ^ netns ^ (port | 2 << 16)
+                return ((x * 0x9E3779B1) & 0xffffffff) >> 20
+            def listener(addr, port):
+                l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                l.bind((addr, port)); l.listen(16); return l
+            def connect(l, port):
+                c = socket.create_connection(("127.0.0.1", port)); s, _ = l.accept()
+                print(c.getsockname()[1], flush=True); c.close(); s.close()
+            netns = os.stat("/proc/self/ns/net").st_ino
+            a = listener("127.0.0.1", 0); p = a.getsockname()[1]
+            for q in range(20000, 65000):
+                if q != p and slot(q) == slot(p):
+                    try:
+                        b = listener("127.0.0.1", q); break
+                    except OSError:
+                        pass
+            c = listener("127.0.0.1", 0); r = c.getsockname()[1]
+            print(p, q, r, flush=True)
+            sys.stdin.readline()
+            connect(a, p); connect(b, q); connect(c, r)
+            a.close()
+            connect(b, q)
+            b.close(); c.close()
+            w, v = listener("0.0.0.0", p), listener("0.0.0.0", r)
+            print("wildcard", flush=True)
+            sys.stdin.readline()
+            connect(w, p); connect(v, r)
+            w.close(); v.close()
+            """
+        let run = try SockflowRun(["monitor"])
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        p.arguments = ["python3", "-c", script]
+        let input = Pipe(), output = Pipe()
+        p.standardInput = input
+        p.standardOutput = output
+        try p.run()
+        defer { Helper.reap(p) }
+        let lines = LineCollector(fd: dup(output.fileHandleForReading.fileDescriptor))
+        let ports = try #require(lines.wait(timeout: 10) { $0.first?.split(separator: " ").compactMap { Int($0) } })
+        try #require(ports.count == 3)
+        let listen = { (port: Int, addr: String) in
+            try run.waitFor("listen \(addr):\(port)") {
+                $0.event == "listen" && $0.localPort == port && $0.string("flow.local.address") == addr
+            }
+        }
+        let lp = try listen(ports[0], "127.0.0.1"), lq = try listen(ports[1], "127.0.0.1")
+        let lr = try listen(ports[2], "127.0.0.1")
+        try input.fileHandleForWriting.write(contentsOf: Data("go\n".utf8))
+        _ = try #require(lines.wait(timeout: 10) { $0.contains("wildcard") ? true : nil })
+        let lw = try listen(ports[0], "0.0.0.0"), lv = try listen(ports[2], "0.0.0.0")
+        try input.fileHandleForWriting.write(contentsOf: Data("go\n".utf8))
+        let clients = try #require(lines.wait(timeout: 10) { $0.count >= 8 ? $0[1...].compactMap { Int($0) } : nil })
+        try #require(clients.count == 6)
+        let expected = [lp.flowID, lq.flowID, lr.flowID, lq.flowID, lw.flowID, lv.flowID]
+        for (client, listener) in zip(clients, expected) {
+            let accept = try run.waitFor("accept from \(client)") { $0.event == "accept" && $0.remotePort == client }
+            #expect(listener != nil && accept.string("flow.listener") == listener, "client port \(client)")
+        }
+        #expect(run.stop() == 0)
+        try run.validateStream()
+    }
+
     @Test("a connection reset by the client before anyone accepted it: 'aborted', no accept, no owner")
     func abortedBeforeAccept() throws {
         let server = try Helper(["serve", "--no-accept"])
