@@ -16,6 +16,7 @@ storm built (make build/storm); bpf_stats_enabled is put back as it was.
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -85,7 +86,7 @@ def main():
     finally:
         with open(SYSCTL, "w") as f:
             f.write(saved)
-        os.rmdir(workdir) if not os.listdir(workdir) else None
+        shutil.rmtree(workdir, ignore_errors=True)
     diff = [n - o for n, o in zip(totals["new"], totals["old"])]
     print(f"new - old per pair: median {statistics.median(diff):+.0f} ns per cycle "
           f"[{min(diff):+.0f} – {max(diff):+.0f}], lower in {sum(d < 0 for d in diff)} of {len(diff)}")
