@@ -651,17 +651,34 @@ static __always_inline int lindex_find(const struct sf_listener_key *k, __u64 *c
 	return 1;
 }
 
-/* A listener registers after `listeners` has its entry (value `cookie`); one
- * whose close will not be seen (untracked) makes its slot shared for good. */
-static __always_inline void lindex_add(const struct sf_listener_key *k, __u64 cookie, bool tracked)
+/* k's slot, locked, its sequence number odd: the writer changes it now. */
+static __always_inline struct sf_lindex *lindex_write(const struct sf_listener_key *k)
 {
 	struct sf_lindex *x = lindex_slot(k);
 
 	if (!x)
-		return;
+		return NULL;
 	bpf_spin_lock(&x->lock);
 	x->seq++;
 	barrier();
+	return x;
+}
+
+static __always_inline void lindex_written(struct sf_lindex *x)
+{
+	barrier();
+	x->seq++;
+	bpf_spin_unlock(&x->lock);
+}
+
+/* A listener registers after `listeners` has its entry (value `cookie`); one
+ * whose close will not be seen (untracked) makes its slot shared for good. */
+static __always_inline void lindex_add(const struct sf_listener_key *k, __u64 cookie, bool tracked)
+{
+	struct sf_lindex *x = lindex_write(k);
+
+	if (!x)
+		return;
 	if (!tracked)
 		x->count = SF_LINDEX_FOREVER;
 	if (x->count == SF_LINDEX_FOREVER) {
@@ -678,31 +695,24 @@ static __always_inline void lindex_add(const struct sf_listener_key *k, __u64 co
 		}
 		x->count++;
 	}
-	barrier();
-	x->seq++;
-	bpf_spin_unlock(&x->lock);
+	lindex_written(x);
 }
 
 /* A tracked listener closed (after `listeners` lost or kept its key). Others
  * that share its key stay in the hash only: the slot sends lookups there. */
 static __always_inline void lindex_remove(const struct sf_listener_key *k)
 {
-	struct sf_lindex *x = lindex_slot(k);
+	struct sf_lindex *x = lindex_write(k);
 
 	if (!x)
 		return;
-	bpf_spin_lock(&x->lock);
-	x->seq++;
-	barrier();
 	if (x->count != SF_LINDEX_FOREVER && x->count > 0)
 		x->count--;
 	if (x->count == 0)
 		x->state = SF_LINDEX_EMPTY;
 	else if (x->state == SF_LINDEX_ONE)
 		x->state = SF_LINDEX_SHARED;
-	barrier();
-	x->seq++;
-	bpf_spin_unlock(&x->lock);
+	lindex_written(x);
 }
 
 static __always_inline void register_listener(struct bpf_sock *sk, struct sock *full, const struct sf_sock *s,

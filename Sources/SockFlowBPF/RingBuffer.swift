@@ -17,7 +17,7 @@ public final class RingBuffer {
     /// of the map, mapped read-only (libbpf 1.1 does not say where its maps are).
     private let consumerPage: UnsafeMutableRawPointer
     private let producerPage: UnsafeMutableRawPointer
-    private let pageSize = Int(sysconf(Int32(_SC_PAGESIZE)))
+    private let pageSize: Int
 
     public init(mapFD: Int32, onSample: @escaping (UnsafeRawBufferPointer) -> Bool) throws(BPFError) {
         let box = Unmanaged.passRetained(Box(onSample))
@@ -45,6 +45,7 @@ public final class RingBuffer {
         self.box = box
         self.consumerPage = consumer
         self.producerPage = producer
+        self.pageSize = page
     }
 
     deinit {

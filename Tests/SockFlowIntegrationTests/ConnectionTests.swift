@@ -211,15 +211,9 @@ struct ConnectionTests {
             w.close(); v.close()
             """
         let run = try SockflowRun(["monitor"])
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = ["python3", "-c", script]
-        let input = Pipe(), output = Pipe()
-        p.standardInput = input
-        p.standardOutput = output
-        try p.run()
-        defer { Helper.reap(p) }
-        let lines = LineCollector(fd: dup(output.fileHandleForReading.fileDescriptor))
+        let python = try PythonScript(script)
+        defer { python.reap() }
+        let lines = python.lines
         let ports = try #require(lines.wait(timeout: 10) { $0.first?.split(separator: " ").compactMap { Int($0) } })
         try #require(ports.count == 3)
         let listen = { (port: Int, addr: String) in
@@ -229,10 +223,10 @@ struct ConnectionTests {
         }
         let lp = try listen(ports[0], "127.0.0.1"), lq = try listen(ports[1], "127.0.0.1")
         let lr = try listen(ports[2], "127.0.0.1")
-        try input.fileHandleForWriting.write(contentsOf: Data("go\n".utf8))
+        try python.send("go")
         _ = try #require(lines.wait(timeout: 10) { $0.contains("wildcard") ? true : nil })
         let lw = try listen(ports[0], "0.0.0.0"), lv = try listen(ports[2], "0.0.0.0")
-        try input.fileHandleForWriting.write(contentsOf: Data("go\n".utf8))
+        try python.send("go")
         let clients = try #require(lines.wait(timeout: 10) { $0.count >= 8 ? $0[1...].compactMap { Int($0) } : nil })
         try #require(clients.count == 6)
         let expected = [lp.flowID, lq.flowID, lr.flowID, lq.flowID, lw.flowID, lv.flowID]

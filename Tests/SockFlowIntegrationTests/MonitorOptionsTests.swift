@@ -135,22 +135,16 @@ struct MonitorOptionsTests {
             print(port, bport, flush=True)
             sys.stdin.readline()
             """
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = ["python3", "-c", script]
-        let input = Pipe(), output = Pipe()
-        p.standardInput = input
-        p.standardOutput = output
-        try p.run()
-        defer { Helper.reap(p) }
-        let lines = LineCollector(fd: dup(output.fileHandleForReading.fileDescriptor))
+        let python = try PythonScript(script)
+        defer { python.reap() }
+        let lines = python.lines
         // a second's wakeup interval: the stages hold their records for up to a second
         let run = try SockflowRun(["monitor", "--max-delay", "1000"])
-        try input.fileHandleForWriting.write(contentsOf: Data("go\n".utf8))
+        try python.send("go")
         let ports = try #require(lines.wait(timeout: 10) { $0.first }?.split(separator: " ").compactMap { Int($0) })
         try #require(ports.count == 2)
         let close = try run.waitFor("the reset's close", timeout: 10) { $0.event == "close" && $0.localPort == ports[1] }
-        try input.fileHandleForWriting.write(contentsOf: Data("done\n".utf8))
+        try python.send("done")
         #expect(run.stop() == 0)
         let mine = run.records.filter { $0["flow"] != nil && ($0.localPort == ports[0] || $0.remotePort == ports[0]) }
         let b = mine.filter { $0.localPort == ports[1] }
@@ -195,15 +189,9 @@ struct MonitorOptionsTests {
                     c.close(); s.close(); time.sleep(0.005)
                 print("done", flush=True)
             """
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = ["python3", "-c", script]
-        let input = Pipe(), output = Pipe()
-        p.standardInput = input
-        p.standardOutput = output
-        try p.run()
-        defer { Helper.reap(p) }
-        let lines = LineCollector(fd: dup(output.fileHandleForReading.fileDescriptor))
+        let python = try PythonScript(script)
+        defer { python.reap() }
+        let lines = python.lines
         let port = try #require(lines.wait(timeout: 10) { $0.first.flatMap { UInt16($0) } })
         var options = MonitorProgram.Options()
         options.wakeupIntervalNanoseconds = 10_000_000
@@ -226,7 +214,7 @@ struct MonitorOptionsTests {
         }
         var batches = 0
         func connections(_ n: Int) throws {
-            try input.fileHandleForWriting.write(contentsOf: Data("\(n)\n".utf8))
+            try python.send(String(n))
             batches += 1
             let want = batches
             _ = try #require(lines.wait(timeout: 20) { $0.filter { $0 == "done" }.count >= want ? true : nil })
@@ -256,7 +244,7 @@ struct MonitorOptionsTests {
         #expect(woken(2000), "the first record after the reader said it sleeps wakes it")
         try ring.consume()
         #expect(count.n == 6 * size)
-        try input.fileHandleForWriting.close()
+        try python.closeInput()
     }
 
     @Test("a full ring buffer: the kernel counts, 'lost' records say how many, seq never jumps")

@@ -334,6 +334,36 @@ final class Helper: @unchecked Sendable {
     }
 }
 
+/// A Python script run for one test, for what the C helper has no mode for:
+/// its stdout as lines, its stdin line by line; killed when the test ends.
+final class PythonScript: @unchecked Sendable {
+    let process = Process()
+    let lines: LineCollector
+    private let stdin = Pipe()
+
+    init(_ script: String) throws {
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = ["python3", "-c", script]
+        let o = Pipe()
+        process.standardOutput = o
+        process.standardInput = stdin
+        try process.run()
+        lines = LineCollector(fd: dup(o.fileHandleForReading.fileDescriptor))
+        try? o.fileHandleForReading.close()
+    }
+
+    func send(_ line: String) throws {
+        try stdin.fileHandleForWriting.write(contentsOf: Data((line + "\n").utf8))
+    }
+
+    func closeInput() throws { try stdin.fileHandleForWriting.close() }
+
+    /// Kills it if it still runs; `defer` it, which also keeps it alive until then.
+    func reap() { Helper.reap(process) }
+
+    deinit { reap() }
+}
+
 /// A child cgroup for one test, removed when the test ends (also when it fails):
 /// the kernel is shared state.
 final class TestCgroup: @unchecked Sendable {
