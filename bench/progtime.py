@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """Two sockflow builds side by side by the time their BPF programs run per connection.
 
-    bench/progtime.py OLD NEW [--pairs 4] [--rate 3600] [--seconds 5]
+    bench/progtime.py OLD NEW [--pairs 4] [--rate 3600] [--seconds 5] [--mode conn|listen]
 
 Each pair runs the storm at a fixed rate under each build (the order alternates
 from pair to pair) with kernel.bpf_stats_enabled on, and prints, per build, the
 run time the kernel counted for sockflow's storm-side programs (handle_*)
-divided by the storm's connection cycles, then NEW - OLD per pair. It sees
+divided by the storm's cycles (connect-accept-close, or with --mode listen
+socket-bind-listen-close), then NEW - OLD per pair. It sees
 only the programs: not the dispatch around them, nor what a wakeup or a cache
 line they evict costs afterwards (make bench and bench-profile see those), but
 it varies by a few per cent where the end-to-end figure varies by tens. The
@@ -36,14 +37,14 @@ def program_times():
             for p in progs if p.get("name", "").startswith("handle_")}
 
 
-def measure(binary, rate, seconds, workdir):
+def measure(binary, mode, rate, seconds, workdir):
     """ns of program time per connection cycle, in all and per program."""
     monitor = run.Sockflow(False, binary=binary)
     monitor.start(workdir)
     try:
         before = program_times()
         storm = run.parse_storm(subprocess.run(
-            [run.STORM, "-m", "conn", "-t", "1", "-r", str(rate), "-n", str(int(rate * seconds)),
+            [run.STORM, "-m", mode, "-t", "1", "-r", str(rate), "-n", str(int(rate * seconds)),
              "-T", str(seconds + 5)], capture_output=True, text=True, check=True).stdout)
         after = program_times()
     finally:
@@ -62,6 +63,7 @@ def main():
     ap.add_argument("--pairs", type=int, default=4)
     ap.add_argument("--rate", type=int, default=3600, help="connections/s (one the storm holds)")
     ap.add_argument("--seconds", type=float, default=5)
+    ap.add_argument("--mode", choices=["conn", "listen"], default="conn", help="the storm's cycle")
     args = ap.parse_args()
     builds = {"old": os.path.abspath(args.old), "new": os.path.abspath(args.new)}
     for path in builds.values():
@@ -77,7 +79,7 @@ def main():
         for p in range(args.pairs):
             per = {}
             for name in (["old", "new"] if p % 2 == 0 else ["new", "old"]):
-                total, per[name] = measure(builds[name], args.rate, args.seconds, workdir)
+                total, per[name] = measure(builds[name], args.mode, args.rate, args.seconds, workdir)
                 totals[name].append(total)
             detail = ", ".join(f"{prog} {per['old'].get(prog, 0):.0f} → {per['new'].get(prog, 0):.0f}"
                                for prog in sorted(set(per["old"]) | set(per["new"])))
