@@ -23,13 +23,15 @@
  * preallocated hash about 1 us more in its updates and deletes alone (bucket
  * locks, freelist, accesses that miss the TLB in a large vmalloc'd map). Whether
  * a socket is tracked at all is its STATE_CB flag, set by us.
- * Listeners, few and long-lived, are kept in a small hash by cookie.
+ * Listeners, few and long-lived, each claim a slot of an array of their own
+ * (`lslots`), and go to a small hash by cookie only when a live one holds theirs.
  *
  * A new inbound flow finds its listener by (netns, port, address), exact then
- * wildcard, through a direct-mapped index of that hash (`lindex`), which sends
- * it to the hash only for keys that share a slot. Only SO_REUSEPORT listeners, whose key several sockets share, get
- * socket storage created with BPF_F_CLONE: each child the kernel clones from such
- * a listener starts with a copy of its cookie, so the link stays exact there too.
+ * wildcard, in a set-associative table (`lindex`) whose keys spill into a hash
+ * only when their set is full. Only SO_REUSEPORT listeners, whose key several
+ * sockets share, get socket storage created with BPF_F_CLONE: each child the
+ * kernel clones from such a listener starts with a copy of its cookie, so the
+ * link stays exact there too.
  */
 #include "vmlinux_min.h"
 #include <bpf/bpf_helpers.h>
@@ -68,8 +70,25 @@ struct {
 	__type(value, struct sf_flow_state);
 } conns SEC(".maps");
 
-/* Tracked listeners by cookie: their owner, for their close and for verdicts on
- * the connections they are sent. */
+/*
+ * Tracked listeners by cookie: their owner, for their close and for verdicts on
+ * the connections they are sent. Direct-mapped by cookie like `conns`, but a
+ * listener claims its slot (a compare-and-swap of the slot's cookie from 0) and
+ * gives it back at its close, so a newer socket never takes a live listener's
+ * slot. A listener whose slot another live one holds goes to the `listening`
+ * hash. A preallocated hash costs each update, lookup and delete its jhash,
+ * bucket lock and freelist: three of them per listen cycle were about a fifth
+ * of the listen storm's BPF time here.
+ */
+#define SF_LSLOTS 16384
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, SF_LSLOTS);
+	__type(key, __u32);
+	__type(value, struct sf_flow_state);
+} lslots SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 1 << 14);
@@ -85,39 +104,48 @@ struct {
 } listeners SEC(".maps");
 
 /*
- * An index of `listeners` that a new inbound flow reads without a hash lookup:
- * a slot per hash of the key (address included, so a port's exact and wildcard
- * keys land apart). Under bpf_stats, 4 alternated pairs at 3,600 connections/s,
- * leaving the hash lookup out saved 460-1230 ns per connection (jhash, bucket
- * and element cache misses, nested calls that each pay a return thunk here),
- * and this index, whose lookup is inlined and reads one cache line, saved
- * 10-358 (three of the four pairs about 340). The index is exact, not a
- * cache: a slot that no listener's key maps to says so, a slot that exactly one
- * key maps to holds that key and its value in `listeners`, and only a slot that
- * several keys share sends the lookup to the hash. Listeners register and
- * unregister under the slot's lock (process context, rare); a lookup reads the
- * slot without it and checks the slot's sequence number before and after.
+ * Listeners by key (netns, port, address), where a new inbound flow finds its
+ * listener: a set-associative table (`lindex`) of SF_LSETS sets of SF_LWAYS
+ * ways, the set chosen by a hash of the key, read without a hash-map lookup.
+ * A way holds a key, how many listeners have it, and their cookie (0 when
+ * several do: SO_REUSEPORT). A key whose set has no free way spills into the
+ * `listeners` hash, and the set counts its spilled keys: a lookup that finds no
+ * way with its key asks the hash only then. A set with spilled keys takes no
+ * new key into a way until they are gone, so a key is in one place only.
+ * Listeners register and unregister under the set's lock (process context,
+ * rare); a lookup reads the set without it and checks the set's sequence
+ * number before and after.
+ *
+ * Measured under bpf_stats: leaving out the hash lookup on an inbound flow
+ * saved 460-1230 ns per connection (jhash, bucket and element cache misses,
+ * nested calls that each pay a return thunk here); an index in front of the
+ * hash saved about 340 of it. Keeping the keys here instead of in the hash then
+ * took the hash update and delete out of every listen cycle too (about 90 ns
+ * for the lookups they replace, more for the updates: see README).
  */
-#define SF_LINDEX_SLOTS 4096
-#define SF_LINDEX_FOREVER 0xffffffff /* count of a slot an untracked listener shares */
+#define SF_LSETS 4096
+#define SF_LWAYS 3
+#define SF_LINDEX_FOREVER 0xffffffff /* never given back: a listener whose close will not be seen */
 
-enum { SF_LINDEX_EMPTY, SF_LINDEX_ONE, SF_LINDEX_SHARED };
-
-struct sf_lindex {
-	struct bpf_spin_lock lock; /* writers only */
-	__u32 seq;                 /* odd while a writer changes the slot */
-	__u32 count;               /* registered listeners whose key maps here */
-	__u32 state;               /* SF_LINDEX_*; with ONE, all `count` have `key` */
+struct sf_lway {
 	struct sf_listener_key key;
-	__u64 cookie;              /* as in `listeners`: 0 when the key has several */
-	__u64 pad[2];              /* a slot per cache line */
+	__u64 cookie; /* 0 when several listeners have the key */
+};
+
+struct sf_lset {
+	struct bpf_spin_lock lock; /* writers only */
+	__u32 seq;                 /* odd while a writer changes the set */
+	__u32 spilled;             /* its keys' listeners in the hash, or FOREVER */
+	__u32 n[SF_LWAYS];         /* listeners with the way's key; 0: the way is free */
+	__u64 pad;                 /* two cache lines per set */
+	struct sf_lway way[SF_LWAYS];
 };
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, SF_LINDEX_SLOTS);
+	__uint(max_entries, SF_LSETS);
 	__type(key, __u32);
-	__type(value, struct sf_lindex);
+	__type(value, struct sf_lset);
 } lindex SEC(".maps");
 
 /* SO_REUSEPORT listeners only: their cookie, copied into every child. */
@@ -580,20 +608,52 @@ static __always_inline void track_conn(struct bpf_sock_ops *skops, __u64 cookie,
 	track_state(skops);
 }
 
+static __always_inline struct sf_flow_state *lslot(__u64 cookie)
+{
+	__u32 slot = cookie & (SF_LSLOTS - 1);
+
+	return bpf_map_lookup_elem(&lslots, &slot);
+}
+
 /* Starts tracking a listener, with the current task as its owner. False if the
- * table had no room: its close will not be seen. */
+ * tables had no room: its close will not be seen. */
 static __always_inline bool track_listener(struct bpf_sock_ops *skops, __u64 cookie, __u64 now,
 					   struct task_struct *task)
 {
-	struct sf_flow_state st = {};
+	struct sf_flow_state *slot = lslot(cookie), st = {};
 
-	keep_state(&st, cookie, SF_ROLE_LISTENER, 0, now, task);
-	if (bpf_map_update_elem(&listening, &cookie, &st, BPF_ANY)) {
-		__sync_fetch_and_add(&untracked_sockets, 1);
-		return false;
+	if (slot && __sync_val_compare_and_swap(&slot->cookie, 0, cookie) == 0) {
+		keep_state(slot, cookie, SF_ROLE_LISTENER, 0, now, task);
+	} else {
+		keep_state(&st, cookie, SF_ROLE_LISTENER, 0, now, task);
+		if (bpf_map_update_elem(&listening, &cookie, &st, BPF_ANY)) {
+			__sync_fetch_and_add(&untracked_sockets, 1);
+			return false;
+		}
 	}
 	track_state(skops);
 	return true;
+}
+
+/* A tracked listener's state, or NULL. */
+static __always_inline struct sf_flow_state *listener_state(__u64 cookie)
+{
+	struct sf_flow_state *slot = lslot(cookie);
+
+	if (slot && slot->cookie == cookie)
+		return slot;
+	return bpf_map_lookup_elem(&listening, &cookie);
+}
+
+/* A listener closed: its slot or hash entry is free again. */
+static __always_inline void untrack_listener(__u64 cookie)
+{
+	struct sf_flow_state *slot = lslot(cookie);
+
+	if (slot && slot->cookie == cookie)
+		__sync_lock_test_and_set(&slot->cookie, 0);
+	else
+		bpf_map_delete_elem(&listening, &cookie);
 }
 
 static __always_inline void listener_key(struct sf_listener_key *k, const struct sf_sock *s)
@@ -611,12 +671,13 @@ static __always_inline bool same_key(const struct sf_listener_key *a, const stru
 	return x[0] == y[0] && x[1] == y[1] && x[2] == y[2];
 }
 
-static __always_inline struct sf_lindex *lindex_slot(const struct sf_listener_key *k)
+static __always_inline struct sf_lset *lindex_set(const struct sf_listener_key *k)
 {
 	const __u32 *w = (const __u32 *)k;
 	__u32 i = (w[0] ^ w[1] ^ w[2] ^ w[3] ^ w[4] ^ w[5]) * 0x9E3779B1u;
 
-	i = i >> 20; /* the top 12 bits: SF_LINDEX_SLOTS */
+	_Static_assert(SF_LSETS == 1 << 12, "the set is the product's top 12 bits");
+	i = i >> 20;
 	return bpf_map_lookup_elem(&lindex, &i);
 }
 
@@ -624,37 +685,40 @@ static __always_inline struct sf_lindex *lindex_slot(const struct sf_listener_ke
  * key), 0 if no listener has the key, -1 if only the hash can say. */
 static __always_inline int lindex_find(const struct sf_listener_key *k, __u64 *cookie)
 {
-	struct sf_lindex *x = lindex_slot(k);
-	struct sf_listener_key key;
-	__u32 seq, state;
-	__u64 c;
+	struct sf_lset *x = lindex_set(k);
+	__u32 seq, spilled;
+	int found = 0;
+	__u64 c = 0;
 
 	if (!x)
 		return -1;
 	seq = *(volatile __u32 *)&x->seq;
 	barrier();
-	state = *(volatile __u32 *)&x->state;
-	__builtin_memcpy(&key, &x->key, sizeof(key));
-	c = x->cookie;
+#pragma unroll
+	for (int w = 0; w < SF_LWAYS; w++) {
+		if (*(volatile __u32 *)&x->n[w] && same_key(&x->way[w].key, k)) {
+			c = x->way[w].cookie;
+			found = 1;
+			break;
+		}
+	}
+	spilled = *(volatile __u32 *)&x->spilled;
 	barrier();
-	/* x86 keeps loads in order: a writer that changed the slot meanwhile
+	/* x86 keeps loads in order: a writer that changed the set meanwhile
 	 * changed seq too (on other architectures, the hash) */
 	if (!SF_LOADS_ORDERED || (seq & 1) || *(volatile __u32 *)&x->seq != seq)
 		return -1;
-	if (state == SF_LINDEX_EMPTY)
-		return 0;
-	if (state != SF_LINDEX_ONE)
-		return -1;
-	if (!same_key(&key, k))
-		return 0;
-	*cookie = c;
-	return 1;
+	if (found) {
+		*cookie = c;
+		return 1;
+	}
+	return spilled ? -1 : 0;
 }
 
-/* k's slot, locked, its sequence number odd: the writer changes it now. */
-static __always_inline struct sf_lindex *lindex_write(const struct sf_listener_key *k)
+/* k's set, locked, its sequence number odd: the writer changes it now. */
+static __always_inline struct sf_lset *lindex_write(const struct sf_listener_key *k)
 {
-	struct sf_lindex *x = lindex_slot(k);
+	struct sf_lset *x = lindex_set(k);
 
 	if (!x)
 		return NULL;
@@ -664,69 +728,92 @@ static __always_inline struct sf_lindex *lindex_write(const struct sf_listener_k
 	return x;
 }
 
-static __always_inline void lindex_written(struct sf_lindex *x)
+static __always_inline void lindex_written(struct sf_lset *x)
 {
 	barrier();
 	x->seq++;
 	bpf_spin_unlock(&x->lock);
 }
 
-/* A listener registers after `listeners` has its entry (value `cookie`); one
- * whose close will not be seen (untracked) makes its slot shared for good. */
-static __always_inline void lindex_add(const struct sf_listener_key *k, __u64 cookie, bool tracked)
+/* A listener registers its key. A listener whose close will not be seen
+ * (untracked) holds its way, or its set's spill count, for good. True if the
+ * key goes to the hash. */
+static __always_inline bool lindex_add(const struct sf_listener_key *k, __u64 cookie, bool tracked)
 {
-	struct sf_lindex *x = lindex_write(k);
+	struct sf_lset *x = lindex_write(k);
 
 	if (!x)
-		return;
-	if (!tracked)
-		x->count = SF_LINDEX_FOREVER;
-	if (x->count == SF_LINDEX_FOREVER) {
-		x->state = SF_LINDEX_SHARED;
-	} else {
-		if (x->count == 0) {
-			x->state = SF_LINDEX_ONE;
-			__builtin_memcpy(&x->key, k, sizeof(*k));
-			x->cookie = cookie;
-		} else if (x->state == SF_LINDEX_ONE && same_key(&x->key, k)) {
-			x->cookie = cookie; /* 0: a second listener on the key */
-		} else {
-			x->state = SF_LINDEX_SHARED;
+		return true;
+#pragma unroll
+	for (int w = 0; w < SF_LWAYS; w++) {
+		if (x->n[w] && same_key(&x->way[w].key, k)) {
+			if (!tracked)
+				x->n[w] = SF_LINDEX_FOREVER;
+			else if (x->n[w] != SF_LINDEX_FOREVER)
+				x->n[w]++;
+			if (x->way[w].cookie != cookie)
+				x->way[w].cookie = 0; /* a second listener on the key */
+			lindex_written(x);
+			return false;
 		}
-		x->count++;
 	}
+	if (tracked && !x->spilled) {
+#pragma unroll
+		for (int w = 0; w < SF_LWAYS; w++) {
+			if (!x->n[w]) {
+				__builtin_memcpy(&x->way[w].key, k, sizeof(*k));
+				x->way[w].cookie = cookie;
+				x->n[w] = 1;
+				lindex_written(x);
+				return false;
+			}
+		}
+	}
+	if (!tracked)
+		x->spilled = SF_LINDEX_FOREVER;
+	else if (x->spilled != SF_LINDEX_FOREVER)
+		x->spilled++;
 	lindex_written(x);
+	return true;
 }
 
-/* A tracked listener closed (after `listeners` lost or kept its key). Others
- * that share its key stay in the hash only: the slot sends lookups there. */
-static __always_inline void lindex_remove(const struct sf_listener_key *k)
+/* A tracked listener closes. True if its key is in the hash. */
+static __always_inline bool lindex_remove(const struct sf_listener_key *k)
 {
-	struct sf_lindex *x = lindex_write(k);
+	struct sf_lset *x = lindex_write(k);
 
 	if (!x)
-		return;
-	if (x->count != SF_LINDEX_FOREVER && x->count > 0)
-		x->count--;
-	if (x->count == 0)
-		x->state = SF_LINDEX_EMPTY;
-	else if (x->state == SF_LINDEX_ONE)
-		x->state = SF_LINDEX_SHARED;
+		return true;
+#pragma unroll
+	for (int w = 0; w < SF_LWAYS; w++) {
+		if (x->n[w] && same_key(&x->way[w].key, k)) {
+			if (x->n[w] != SF_LINDEX_FOREVER)
+				x->n[w]--;
+			lindex_written(x);
+			return false;
+		}
+	}
+	if (x->spilled && x->spilled != SF_LINDEX_FOREVER)
+		x->spilled--;
 	lindex_written(x);
+	return true;
 }
 
 static __always_inline void register_listener(struct bpf_sock *sk, struct sock *full, const struct sf_sock *s,
 					      bool tracked)
 {
 	struct sf_listener_key k = {};
-	struct sf_listener v = { .cookie = s->cookie }, *old;
+	struct sf_listener v = { .cookie = s->cookie, .count = 1 }, *old;
 
 	listener_key(&k, s);
-	old = bpf_map_lookup_elem(&listeners, &k);
-	if (old && old->cookie != s->cookie)
-		v.cookie = 0; /* a second listener on the same key */
-	bpf_map_update_elem(&listeners, &k, &v, BPF_ANY);
-	lindex_add(&k, v.cookie, tracked);
+	if (lindex_add(&k, s->cookie, tracked) && bpf_map_update_elem(&listeners, &k, &v, BPF_NOEXIST)) {
+		old = bpf_map_lookup_elem(&listeners, &k);
+		if (old) {
+			__sync_fetch_and_add(&old->count, 1);
+			if (old->cookie != s->cookie)
+				old->cookie = 0; /* a second listener on the key */
+		}
+	}
 	if (BPF_CORE_READ_BITFIELD(&full->__sk_common, skc_reuseport)) {
 		__u64 *c = bpf_sk_storage_get(&reuseport_parents, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 
@@ -741,10 +828,11 @@ static __always_inline void unregister_listener(const struct sf_sock *s)
 	struct sf_listener *v;
 
 	listener_key(&k, s);
+	if (!lindex_remove(&k))
+		return;
 	v = bpf_map_lookup_elem(&listeners, &k);
-	if (v && v->cookie == s->cookie)
+	if (v && __sync_fetch_and_sub(&v->count, 1) == 1)
 		bpf_map_delete_elem(&listeners, &k);
-	lindex_remove(&k);
 }
 
 /* The owner kept with a flow, as a partial task (pid, tid, comm). */
@@ -917,7 +1005,7 @@ static __always_inline int on_close(struct bpf_sock_ops *skops, struct tcp_sock 
 	if (old == TCP_LISTEN) {
 		struct sf_sock s = {};
 
-		st = bpf_map_lookup_elem(&listening, &cookie);
+		st = listener_state(cookie);
 		if (!st)
 			return 1;
 		fill_sock(&s, sk);
@@ -963,7 +1051,7 @@ static __always_inline int on_close(struct bpf_sock_ops *skops, struct tcp_sock 
 	}
 	/* a socket that listens again starts a new flow */
 	if (old == TCP_LISTEN)
-		bpf_map_delete_elem(&listening, &cookie);
+		untrack_listener(cookie);
 	else if (st)
 		st->cookie = 0;
 	return 1;
@@ -1627,7 +1715,7 @@ int enforce_ingress(struct __sk_buff *skb)
 			e->rule = d->rule;
 			e->generation = d->gen;
 			if (listener) {
-				struct sf_flow_state *st = bpf_map_lookup_elem(&listening, &listener);
+				struct sf_flow_state *st = listener_state(listener);
 
 				if (st)
 					keep_owner(&e->task, st); /* the listener's owner */

@@ -171,68 +171,125 @@ struct ConnectionTests {
         try run.validateStream()
     }
 
-    @Test("listeners that share a slot of the kernel's listener index, one that closes, a wildcard after it: each flow links to its own")
-    func listenerIndexSlots() throws {
-        // q is chosen so that the keys (127.0.0.1, p) and (127.0.0.1, q) hash to
-        // one slot (bpf/sockflow.bpf.c, lindex_slot()), which then sends lookups
-        // to the hash map; r's listener has its slot alone. When all of a slot's
-        // listeners have closed it must say "none", so that the wildcard
-        // listeners that follow on p and r are found, not the closed ones.
+    @Test("listeners whose keys fill a set of the kernel's listener index and spill into its hash, close and come back: each flow links to its own")
+    func listenerIndexSets() throws {
+        // The keys (127.0.0.1, port) of a, b1, b2 and b3 hash to one set of the
+        // index (bpf/sockflow.bpf.c, lindex_set()), which has three ways: b3's
+        // key spills into the hash. a closes; d comes while b3 is still spilled,
+        // so it spills too. When all have closed, e1-e4 take the set again, e4
+        // on b3's port: it spills, and must not meet what b3 left in the hash.
+        // Then wildcard listeners on a's and c's ports: the exact keys, all
+        // closed, must say "none" so that the wildcards are found. Each line
+        // the script prints is a client port and the cookie of the listener
+        // its connection must name.
         let script = """
-            import os, socket, sys
-            def slot(port):
+            import os, socket
+            def set_of(port):
                 x = int.from_bytes(socket.inet_aton("127.0.0.1"), "little") ^ netns ^ (port | 2 << 16)
                 return ((x * 0x9E3779B1) & 0xffffffff) >> 20
             def listener(addr, port):
                 l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 l.bind((addr, port)); l.listen(16); return l
-            def connect(l, port):
-                c = socket.create_connection(("127.0.0.1", port)); s, _ = l.accept()
-                print(c.getsockname()[1], flush=True); c.close(); s.close()
+            def cookie(s):
+                return int.from_bytes(s.getsockopt(socket.SOL_SOCKET, 57, 8), "little")  # SO_COOKIE
+            def connect(l):
+                c = socket.create_connection(("127.0.0.1", l.getsockname()[1])); s, _ = l.accept()
+                print(c.getsockname()[1], "%016x" % cookie(l), flush=True); c.close(); s.close()
+            def colliding(port, taken):
+                for q in range(20000, 65000):
+                    if q not in taken and set_of(q) == set_of(port):
+                        try:
+                            return listener("127.0.0.1", q)
+                        except OSError:
+                            pass
             netns = os.stat("/proc/self/ns/net").st_ino
             a = listener("127.0.0.1", 0); p = a.getsockname()[1]
-            for q in range(20000, 65000):
-                if q != p and slot(q) == slot(p):
-                    try:
-                        b = listener("127.0.0.1", q); break
-                    except OSError:
-                        pass
+            taken = {p}
+            b = []
+            for _ in range(3):
+                b.append(colliding(p, taken)); taken.add(b[-1].getsockname()[1])
             c = listener("127.0.0.1", 0); r = c.getsockname()[1]
-            print(p, q, r, flush=True)
-            sys.stdin.readline()
-            connect(a, p); connect(b, q); connect(c, r)
+            for l in [a] + b + [c]:
+                connect(l)
             a.close()
-            connect(b, q)
-            b.close(); c.close()
+            d = colliding(p, taken)
+            connect(d); connect(b[2])
+            q = [l.getsockname()[1] for l in b]
+            for l in b + [d, c]:
+                l.close()
+            e = [listener("127.0.0.1", port) for port in (q[0], q[1], p, q[2])]
+            connect(e[3]); connect(e[0])
+            for l in e:
+                l.close()
             w, v = listener("0.0.0.0", p), listener("0.0.0.0", r)
-            print("wildcard", flush=True)
-            sys.stdin.readline()
-            connect(w, p); connect(v, r)
+            connect(w); connect(v)
             w.close(); v.close()
+            print("done", flush=True)
             """
         let run = try SockflowRun(["monitor"])
         let python = try PythonScript(script)
         defer { python.reap() }
-        let lines = python.lines
-        let ports = try #require(lines.wait(timeout: 10) { $0.first?.split(separator: " ").compactMap { Int($0) } })
-        try #require(ports.count == 3)
-        let listen = { (port: Int, addr: String) in
-            try run.waitFor("listen \(addr):\(port)") {
-                $0.event == "listen" && $0.localPort == port && $0.string("flow.local.address") == addr
-            }
-        }
-        let lp = try listen(ports[0], "127.0.0.1"), lq = try listen(ports[1], "127.0.0.1")
-        let lr = try listen(ports[2], "127.0.0.1")
-        try python.send("go")
-        _ = try #require(lines.wait(timeout: 10) { $0.contains("wildcard") ? true : nil })
-        let lw = try listen(ports[0], "0.0.0.0"), lv = try listen(ports[2], "0.0.0.0")
-        try python.send("go")
-        let clients = try #require(lines.wait(timeout: 10) { $0.count >= 8 ? $0[1...].compactMap { Int($0) } : nil })
-        try #require(clients.count == 6)
-        let expected = [lp.flowID, lq.flowID, lr.flowID, lq.flowID, lw.flowID, lv.flowID]
-        for (client, listener) in zip(clients, expected) {
+        let lines = try #require(python.lines.wait(timeout: 20) { $0.last == "done" ? $0.dropLast() : nil })
+        try #require(lines.count == 11, "\(lines)")
+        for line in lines {
+            let parts = line.split(separator: " ")
+            let client = try #require(Int(parts[0])), cookie = String(parts[1])
             let accept = try run.waitFor("accept from \(client)") { $0.event == "accept" && $0.remotePort == client }
-            #expect(listener != nil && accept.string("flow.listener") == listener, "client port \(client)")
+            #expect(accept.string("flow.listener")?.hasSuffix(cookie) == true, "client port \(client): \(accept)")
+        }
+        #expect(run.stop() == 0)
+        try run.validateStream()
+    }
+
+    @Test("a listener whose cookie maps to a live listener's slot is kept in the hash: both close whole, flows link to each")
+    func listenerSlotTaken() throws {
+        // The kernel keeps a listener's owner in a slot chosen by its cookie
+        // (lslots, cookie & 16383). Cookies come in sequence: b is the socket
+        // 16384 cookies after a's, made while a still listens.
+        let script = """
+            import socket
+            def cookie(s):
+                return int.from_bytes(s.getsockopt(socket.SOL_SOCKET, 57, 8), "little")  # SO_COOKIE
+            def listen(l):
+                l.bind(("127.0.0.1", 0)); l.listen(16); return l
+            def connect(l):
+                c = socket.create_connection(("127.0.0.1", l.getsockname()[1])); s, _ = l.accept()
+                print("flow", c.getsockname()[1], "%016x" % cookie(l), flush=True); c.close(); s.close()
+            a = listen(socket.socket())
+            for _ in range(1 << 20):
+                b = socket.socket()
+                if cookie(b) % 16384 == cookie(a) % 16384:
+                    break
+                b.close()
+            listen(b)
+            print("listeners", a.getsockname()[1], b.getsockname()[1], "%016x" % cookie(a), "%016x" % cookie(b), flush=True)
+            connect(a); connect(b)
+            b.close(); a.close()
+            print("done", flush=True)
+            """
+        let run = try SockflowRun(["monitor"])
+        let python = try PythonScript(script)
+        defer { python.reap() }
+        let lines = try #require(python.lines.wait(timeout: 20) { $0.last == "done" ? $0 : nil })
+        let listeners = try #require(lines.first { $0.hasPrefix("listeners ") }?.split(separator: " "))
+        let ports = [Int(listeners[1]), Int(listeners[2])], cookies = [String(listeners[3]), String(listeners[4])]
+        let values = cookies.compactMap { UInt64($0, radix: 16) }
+        try #require(values.count == 2 && values[0] != values[1] && values[0] & 16383 == values[1] & 16383)
+        let pid = Int(python.process.processIdentifier)
+        for (port, cookie) in zip(ports, cookies) {
+            let listen = try run.waitFor("listen \(cookie)") { $0.event == "listen" && $0.localPort == port }
+            #expect(listen.string("flow.id")?.hasSuffix(cookie) == true && listen.pid == pid)
+            let close = try run.waitFor("close of listener \(cookie)") {
+                $0.event == "close" && $0.flowID == listen.flowID
+            }
+            #expect(close.pid == pid, "the owner the kernel kept: \(close)")
+            #expect(close.string("process.comm") != nil)
+        }
+        for line in lines where line.hasPrefix("flow ") {
+            let parts = line.split(separator: " ")
+            let client = try #require(Int(parts[1])), cookie = String(parts[2])
+            let accept = try run.waitFor("accept from \(client)") { $0.event == "accept" && $0.remotePort == client }
+            #expect(accept.string("flow.listener")?.hasSuffix(cookie) == true, "client port \(client): \(accept)")
         }
         #expect(run.stop() == 0)
         try run.validateStream()

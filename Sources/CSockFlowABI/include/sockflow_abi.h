@@ -150,6 +150,8 @@ struct sf_listener_key {
 
 struct sf_listener {
 	__u64 cookie; /* 0: more than one listener has this key (SO_REUSEPORT) */
+	__u32 count;  /* listeners with this key */
+	__u32 pad;
 };
 
 /* ---- Policy: rules compiled by user space, evaluated by the enforcement programs ---- */
