@@ -318,8 +318,8 @@ static __always_inline void submit_with_task(struct sf_event *e)
  * Staging. A ring-buffer reserve and submit cost about 100 ns per record here
  * (two helper calls and the ring's lock, whose cache line moves between the
  * CPUs). While the reader is active (it has said it will look at the ring again
- * within one wakeup interval), the TCP records (connect, established, accept,
- * close) are written into a per-CPU stage instead and handed to the ring eight
+ * within one wakeup interval), the TCP records (listen, connect, established,
+ * accept, close) are written into a per-CPU stage instead and handed to the ring eight
  * at a time with one bpf_ringbuf_output(). The reader hands over what is left
  * in the stages at the start of each of its passes (flush_stages below, run
  * from user space), so a record waits in a stage at most until the reader's
@@ -882,6 +882,7 @@ static __always_inline int on_listen(struct bpf_sock_ops *skops, struct bpf_sock
 {
 	struct task_struct *task;
 	struct sf_sock s = {};
+	struct sf_stage *stg;
 	struct sf_event *e;
 	__u64 cookie, now;
 	bool tracked;
@@ -895,7 +896,7 @@ static __always_inline int on_listen(struct bpf_sock_ops *skops, struct bpf_sock
 	fill_sock(&s, sk);
 	s.cookie = cookie;
 	register_listener(bsk, sk, &s, tracked); /* even when the record finds no room */
-	e = reserve_at(SF_KIND_LISTEN, now);
+	e = stage_reserve(SF_KIND_LISTEN, now, &stg);
 	if (!e)
 		return 1;
 	e->sock = s;
@@ -903,7 +904,7 @@ static __always_inline int on_listen(struct bpf_sock_ops *skops, struct bpf_sock
 	e->start_ns = now;
 	e->role = SF_ROLE_LISTENER;
 	e->backlog = sk->sk_max_ack_backlog;
-	submit_with_task(e);
+	stage_submit(e, stg, new_instance(e));
 	return 1;
 }
 
