@@ -81,6 +81,52 @@ struct JSONWriterTests {
         #expect(z.string == String(repeating: "0", count: width - 1) + "a")
     }
 
+    @Test("integers of every length, and either side of each power of ten")
+    func decimalLengths() {
+        var values: [UInt64] = [0, UInt64.max, UInt64.max - 1]
+        var p: UInt64 = 1
+        for _ in 0..<20 {
+            values += [p, p - 1, p + 1]
+            if p <= UInt64.max / 10 { p *= 10 }
+        }
+        var rng = SystemRandomNumberGenerator()
+        for bits in 1...64 {
+            for _ in 0..<50 { values.append(UInt64.random(in: 0...(bits == 64 ? .max : (1 << bits) - 1), using: &rng)) }
+        }
+        for v in values {
+            var b = ByteBuffer(capacity: 1)
+            b.appendDecimal(v)
+            #expect(b.string == String(v))
+        }
+    }
+
+    @Test("8 and 16 hex digits of random values, as String(radix:) pads them")
+    func hexWords() {
+        var rng = SystemRandomNumberGenerator()
+        for v in [0, UInt64.max, 0x0123_4567_89ab_cdef, 0xa0a0_9f9f_0a0a_f9f9] + (0..<2000).map({ _ in rng.next() }) {
+            var b = ByteBuffer(capacity: 1)
+            b.appendHex(v, width: 16)
+            b.appendHex(v, width: 8)
+            let full = String(repeating: "0", count: 16 - String(v, radix: 16).count) + String(v, radix: 16)
+            #expect(b.string == full + full.suffix(8))
+        }
+    }
+
+    @Test("every octet value in every place of a dotted quad")
+    func ipv4Octets() throws {
+        for o in 0...255 {
+            for place in 0..<4 {
+                var octets = [1, 22, 203, 4]
+                octets[place] = o
+                let text = octets.map(String.init).joined(separator: ".")
+                var b = ByteBuffer(capacity: 1)
+                b.appendAddress(try #require(IPAddress(text)))
+                b.append(UInt8(ascii: "|"))
+                #expect(b.string == text + "|")
+            }
+        }
+    }
+
     @Test func negativeIntegers() {
         var b = ByteBuffer()
         b.appendDecimal(Int64(-42))
