@@ -20,6 +20,7 @@ public final class LineWriter: FlushingRecordSink {
     public let fd: Int32
     /// Written only by the consumer thread.
     @exclusivity(unchecked) private var buffer = ByteBuffer(capacity: 1 << 20)
+    private let flows = FlowTextCache()
     /// The errno that stopped output, 0 while it works.
     public private(set) var writeError: Int32 = 0
     public private(set) var bytesWritten: UInt64 = 0
@@ -31,7 +32,7 @@ public final class LineWriter: FlushingRecordSink {
 
     public func emit(_ record: borrowing Record) {
         switch format {
-        case .json: RecordEncoder.json(record, into: &buffer)
+        case .json: RecordEncoder.json(record, into: &buffer, flows: flows)
         case .text: RecordEncoder.text(record, into: &buffer)
         }
         if buffer.count >= 1 << 20 { _ = flush() }

@@ -53,7 +53,7 @@ public struct FlowID: Sendable, Hashable, CustomStringConvertible {
 }
 
 /// The socket side of a record.
-public struct Flow: Sendable {
+public struct Flow: Sendable, Equatable {
     public init(id: FlowID, proto: TransportProtocol = .tcp, family: IPAddress.Family, mapped: Bool, direction: Direction,
                 local: Endpoint, remote: Endpoint?, netns: UInt32, backlog: UInt32? = nil, dualStack: Bool? = nil,
                 listener: FlowID? = nil) {

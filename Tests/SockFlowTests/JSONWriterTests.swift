@@ -185,3 +185,42 @@ struct JSONWriterTests {
         #expect(mapped.unmappedIPv4?.description == "127.0.0.1")
     }
 }
+
+@Suite("FlowTextCache: a flow's object copied from its first encoding, byte for byte")
+struct FlowTextCacheTests {
+    func encoded(_ f: Flow, cache: FlowTextCache? = nil) -> String {
+        var b = ByteBuffer(capacity: 1)
+        if let cache { cache.append(f, into: &b) } else { RecordEncoder.flow(f, into: &b) }
+        return b.string
+    }
+
+    func flow(_ cookie: UInt64, listener: UInt64? = nil, remote: String? = "10.1.2.3", port: UInt16 = 443,
+              local: String = "127.0.0.1") throws -> Flow {
+        let l = try #require(IPAddress(local))
+        let r = try remote.map { try #require(IPAddress($0)) }
+        return Flow(id: FlowID(boot: 0x1234_abcd, cookie: cookie), family: l.family, mapped: false,
+                    direction: listener == nil ? .outbound : .inbound, local: Endpoint(address: l, port: 40000),
+                    remote: r.map { Endpoint(address: $0, port: port) }, netns: 4_026_531_840,
+                    listener: listener.map { FlowID(boot: 0x1234_abcd, cookie: $0) })
+    }
+
+    @Test("the same flow again is a hit; any field that differs, or a cookie that shares the slot, is encoded anew")
+    func exact() throws {
+        let cache = FlowTextCache()
+        let slots = UInt64(FlowTextCache.slots)
+        let long = "fe80:1234:5678:9abc:def0:1234:5678:9abc"
+        let flows = [
+            try flow(7), try flow(7), try flow(7, port: 444), try flow(7, remote: nil), try flow(7, listener: 3),
+            try flow(7, listener: 4), try flow(7 + slots), try flow(7), try flow(7 + slots, remote: "::1", local: "::1"),
+            try flow(9, remote: long, local: long), try flow(9, remote: long, local: long), try flow(9),
+        ]
+        for f in flows {
+            #expect(encoded(f, cache: cache) == encoded(f), "\(f)")
+        }
+        // hits: the second flow(7), and nothing else: every other one changed
+        // a field or the slot's flow, and the long IPv6 object is never kept
+        #expect(cache.hits == 1)
+        #expect(encoded(try flow(9), cache: cache) == encoded(try flow(9)))
+        #expect(cache.hits == 2)
+    }
+}
