@@ -137,6 +137,44 @@ public final class MonitorProgram {
         return Int(opts.retval)
     }
 
+    /// What the kernel's listener tables hold: listeners in a slot of their own
+    /// (`lslots`), sets of the key index with a way in use or keys spilled
+    /// (`lindex`), and entries of the two hashes behind them. All zero once
+    /// every listener the programs saw has closed.
+    public func listenerTables() -> (slots: Int, sets: Int, hashed: Int) {
+        var slots = 0, sets = 0, hashed = 0
+        let lslots = skel.pointee.maps.lslots
+        var state = sf_flow_state()
+        for i in 0..<bpf_map__max_entries(lslots) {
+            var key = i
+            if bpf_map_lookup_elem(bpf_map__fd(lslots), &key, &state) == 0, state.cookie != 0 { slots += 1 }
+        }
+        let lindex = skel.pointee.maps.lindex
+        if let layout = Self.embeddedStructLayout("sf_lset"), let spilled = layout.members["spilled"],
+           let ways = layout.members["n"], let firstWay = layout.members["way"] {
+            var value = [UInt8](repeating: 0, count: layout.size)
+            for i in 0..<bpf_map__max_entries(lindex) {
+                var key = i
+                guard bpf_map_lookup_elem(bpf_map__fd(lindex), &key, &value) == 0 else { continue }
+                // spilled and the ways' counts, every 4 bytes up to the first way
+                if value[spilled..<spilled + 4].contains(where: { $0 != 0 })
+                    || value[ways..<firstWay].contains(where: { $0 != 0 }) { sets += 1 }
+            }
+        }
+        for map in [skel.pointee.maps.listeners, skel.pointee.maps.listening] {
+            let fd = bpf_map__fd(map)
+            var key = [UInt8](repeating: 0, count: Int(bpf_map__key_size(map)))
+            var next = key
+            var first = true
+            while (first ? bpf_map_get_next_key(fd, nil, &next) : bpf_map_get_next_key(fd, &key, &next)) == 0 {
+                hashed += 1
+                key = next
+                first = false
+            }
+        }
+        return (slots, sets, hashed)
+    }
+
     /// Records waiting in the kernel's per-CPU stages (batched wakeups only).
     public var stagedRecords: Int {
         let map = skel.pointee.maps.stage

@@ -174,6 +174,79 @@ struct MonitorOptionsTests {
         try run.validateStream()
     }
 
+    @Test("listen and close on both CPUs, SO_REUSEPORT groups among them: the kernel's listener tables are empty after")
+    func listenerTablesDrain() throws {
+        // Three processes in a cgroup of their own (the programs attach there):
+        // one keeps a set of the key index full and spilling, two open
+        // SO_REUSEPORT pairs on one port, so keys are shared, registered and
+        // unregistered concurrently.
+        let cgroup = try TestCgroup("listener-tables")
+        var options = MonitorProgram.Options()
+        options.cgroupPath = cgroup.path
+        let program = try MonitorProgram.start(options)
+        // five ports whose keys share a set of the index (lindex_set()): three
+        // take its ways, two spill into the hash, each time round
+        let spilling = """
+            import os, socket
+            netns = os.stat("/proc/self/ns/net").st_ino
+            def set_of(port):
+                x = int.from_bytes(socket.inet_aton("127.0.0.1"), "little") ^ netns ^ (port | 2 << 16)
+                return ((x * 0x9E3779B1) & 0xffffffff) >> 20
+            def listener(port):
+                l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                l.bind(("127.0.0.1", port)); l.listen(1); return l
+            ports = []
+            for q in range(20000, 65000):
+                if len(ports) < 5 and set_of(q) == set_of(20000):
+                    try:
+                        listener(q).close(); ports.append(q)
+                    except OSError:
+                        pass
+            for i in range(1200):
+                held = [listener(q) for q in ports]
+                for l in held[i % 5:] + held[:i % 5]:
+                    l.close()
+            print("done", flush=True)
+            """
+        let probe = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(probe, $0, len) } }
+        _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(probe, $0, &len) } }
+        let port = UInt16(bigEndian: addr.sin_port)
+        close(probe)
+        let group = """
+            import socket
+            for _ in range(1500):
+                pair = []
+                for _ in range(2):
+                    l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                    l.bind(("127.0.0.1", \(port))); l.listen(1); pair.append(l)
+                for l in pair:
+                    l.close()
+            print("done", flush=True)
+            """
+        let scripts = try [PythonScript(spilling, in: cgroup), PythonScript(group, in: cgroup),
+                           PythonScript(group, in: cgroup)]
+        defer { scripts.forEach { $0.reap() } }
+        for script in scripts {
+            #expect(script.lines.wait(timeout: 60) { $0.contains("done") ? true : nil } == true)
+        }
+        // the programs saw every listener: each made a listen and a close record,
+        // in the ring or counted lost once it was full
+        final class Count: @unchecked Sendable { var bytes = 0 }
+        let count = Count()
+        let ring = try RingBuffer(mapFD: program.ringBufferFD) { count.bytes += $0.count; return true }
+        _ = try ring.consume()
+        let size = try #require(MonitorProgram.embeddedStructLayout("sf_event")?.size)
+        #expect(count.bytes / size + Int(program.lostTotal) == 2 * (5 + 5 * 1200 + 2 * 2 * 1500))
+        #expect(program.untrackedSockets == 0)
+        let tables = program.listenerTables()
+        #expect(tables.slots == 0 && tables.sets == 0 && tables.hashed == 0, "\(tables)")
+    }
+
     @Test("the kernel does not wake a reader that said it will look by itself; it wakes one that sleeps")
     func wakeups() throws {
         // One process, so that only its first record wakes the reader as a

@@ -341,9 +341,12 @@ final class PythonScript: @unchecked Sendable {
     let lines: LineCollector
     private let stdin = Pipe()
 
-    init(_ script: String) throws {
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = ["python3", "-c", script]
+    /// `cgroup`: the script runs in it from its first instruction.
+    init(_ script: String, in cgroup: TestCgroup? = nil) throws {
+        let command = ["/usr/bin/env", "python3", "-c", script]
+        let argv = (cgroup?.wrapper ?? []) + command
+        process.executableURL = URL(fileURLWithPath: argv[0])
+        process.arguments = Array(argv.dropFirst())
         let o = Pipe()
         process.standardOutput = o
         process.standardInput = stdin
