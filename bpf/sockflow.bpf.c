@@ -681,34 +681,39 @@ static __always_inline struct sf_lset *lindex_set(const struct sf_listener_key *
 	return bpf_map_lookup_elem(&lindex, &i);
 }
 
+/* The way of x that holds k, or -1. */
+static __always_inline int lindex_way(const struct sf_lset *x, const struct sf_listener_key *k)
+{
+#pragma unroll
+	for (int w = 0; w < SF_LWAYS; w++)
+		if (*(volatile const __u32 *)&x->n[w] && same_key(&x->way[w].key, k))
+			return w;
+	return -1;
+}
+
 /* The listener `k` names: 1 and its cookie in *cookie (0 when several share the
  * key), 0 if no listener has the key, -1 if only the hash can say. */
 static __always_inline int lindex_find(const struct sf_listener_key *k, __u64 *cookie)
 {
 	struct sf_lset *x = lindex_set(k);
 	__u32 seq, spilled;
-	int found = 0;
 	__u64 c = 0;
+	int w;
 
 	if (!x)
 		return -1;
 	seq = *(volatile __u32 *)&x->seq;
 	barrier();
-#pragma unroll
-	for (int w = 0; w < SF_LWAYS; w++) {
-		if (*(volatile __u32 *)&x->n[w] && same_key(&x->way[w].key, k)) {
-			c = x->way[w].cookie;
-			found = 1;
-			break;
-		}
-	}
+	w = lindex_way(x, k);
+	if (w >= 0 && w < SF_LWAYS)
+		c = x->way[w].cookie;
 	spilled = *(volatile __u32 *)&x->spilled;
 	barrier();
 	/* x86 keeps loads in order: a writer that changed the set meanwhile
 	 * changed seq too (on other architectures, the hash) */
 	if (!SF_LOADS_ORDERED || (seq & 1) || *(volatile __u32 *)&x->seq != seq)
 		return -1;
-	if (found) {
+	if (w >= 0) {
 		*cookie = c;
 		return 1;
 	}
@@ -741,21 +746,20 @@ static __always_inline void lindex_written(struct sf_lset *x)
 static __always_inline bool lindex_add(const struct sf_listener_key *k, __u64 cookie, bool tracked)
 {
 	struct sf_lset *x = lindex_write(k);
+	int w;
 
 	if (!x)
 		return true;
-#pragma unroll
-	for (int w = 0; w < SF_LWAYS; w++) {
-		if (x->n[w] && same_key(&x->way[w].key, k)) {
-			if (!tracked)
-				x->n[w] = SF_LINDEX_FOREVER;
-			else if (x->n[w] != SF_LINDEX_FOREVER)
-				x->n[w]++;
-			if (x->way[w].cookie != cookie)
-				x->way[w].cookie = 0; /* a second listener on the key */
-			lindex_written(x);
-			return false;
-		}
+	w = lindex_way(x, k);
+	if (w >= 0 && w < SF_LWAYS) {
+		if (!tracked)
+			x->n[w] = SF_LINDEX_FOREVER;
+		else if (x->n[w] != SF_LINDEX_FOREVER)
+			x->n[w]++;
+		if (x->way[w].cookie != cookie)
+			x->way[w].cookie = 0; /* a second listener on the key */
+		lindex_written(x);
+		return false;
 	}
 	if (tracked && !x->spilled) {
 #pragma unroll
@@ -781,17 +785,16 @@ static __always_inline bool lindex_add(const struct sf_listener_key *k, __u64 co
 static __always_inline bool lindex_remove(const struct sf_listener_key *k)
 {
 	struct sf_lset *x = lindex_write(k);
+	int w;
 
 	if (!x)
 		return true;
-#pragma unroll
-	for (int w = 0; w < SF_LWAYS; w++) {
-		if (x->n[w] && same_key(&x->way[w].key, k)) {
-			if (x->n[w] != SF_LINDEX_FOREVER)
-				x->n[w]--;
-			lindex_written(x);
-			return false;
-		}
+	w = lindex_way(x, k);
+	if (w >= 0 && w < SF_LWAYS) {
+		if (x->n[w] != SF_LINDEX_FOREVER)
+			x->n[w]--;
+		lindex_written(x);
+		return false;
 	}
 	if (x->spilled && x->spilled != SF_LINDEX_FOREVER)
 		x->spilled--;

@@ -181,20 +181,8 @@ struct ConnectionTests {
         // Then wildcard listeners on a's and c's ports: the exact keys, all
         // closed, must say "none" so that the wildcards are found. Each line
         // the script prints is a client port and the cookie of the listener
-        // its connection must name.
-        let script = """
-            import os, socket
-            def set_of(port):
-                x = int.from_bytes(socket.inet_aton("127.0.0.1"), "little") ^ netns ^ (port | 2 << 16)
-                return ((x * 0x9E3779B1) & 0xffffffff) >> 20
-            def listener(addr, port):
-                l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                l.bind((addr, port)); l.listen(16); return l
-            def cookie(s):
-                return int.from_bytes(s.getsockopt(socket.SOL_SOCKET, 57, 8), "little")  # SO_COOKIE
-            def connect(l):
-                c = socket.create_connection(("127.0.0.1", l.getsockname()[1])); s, _ = l.accept()
-                print(c.getsockname()[1], "%016x" % cookie(l), flush=True); c.close(); s.close()
+        // its connection must name (listenerPython's connect()).
+        let script = listenerPython + """
             def colliding(port, taken):
                 for q in range(20000, 65000):
                     if q not in taken and set_of(q) == set_of(port):
@@ -202,7 +190,6 @@ struct ConnectionTests {
                             return listener("127.0.0.1", q)
                         except OSError:
                             pass
-            netns = os.stat("/proc/self/ns/net").st_ino
             a = listener("127.0.0.1", 0); p = a.getsockname()[1]
             taken = {p}
             b = []
@@ -229,14 +216,9 @@ struct ConnectionTests {
         let run = try SockflowRun(["monitor"])
         let python = try PythonScript(script)
         defer { python.reap() }
-        let lines = try #require(python.lines.wait(timeout: 20) { $0.last == "done" ? $0.dropLast() : nil })
-        try #require(lines.count == 11, "\(lines)")
-        for line in lines {
-            let parts = line.split(separator: " ")
-            let client = try #require(Int(parts[0])), cookie = String(parts[1])
-            let accept = try run.waitFor("accept from \(client)") { $0.event == "accept" && $0.remotePort == client }
-            #expect(accept.string("flow.listener")?.hasSuffix(cookie) == true, "client port \(client): \(accept)")
-        }
+        let lines = try #require(python.lines.wait(timeout: 20) { $0.last == "done" ? $0 : nil })
+        try #require(lines.filter { $0.hasPrefix("flow ") }.count == 11, "\(lines)")
+        try expectListenersNamed(run, lines)
         #expect(run.stop() == 0)
         try run.validateStream()
     }
@@ -246,15 +228,9 @@ struct ConnectionTests {
         // The kernel keeps a listener's owner in a slot chosen by its cookie
         // (lslots, cookie & 16383). Cookies come in sequence: b is the socket
         // 16384 cookies after a's, made while a still listens.
-        let script = """
-            import socket
-            def cookie(s):
-                return int.from_bytes(s.getsockopt(socket.SOL_SOCKET, 57, 8), "little")  # SO_COOKIE
+        let script = listenerPython + """
             def listen(l):
                 l.bind(("127.0.0.1", 0)); l.listen(16); return l
-            def connect(l):
-                c = socket.create_connection(("127.0.0.1", l.getsockname()[1])); s, _ = l.accept()
-                print("flow", c.getsockname()[1], "%016x" % cookie(l), flush=True); c.close(); s.close()
             a = listen(socket.socket())
             for _ in range(1 << 20):
                 b = socket.socket()
@@ -285,12 +261,7 @@ struct ConnectionTests {
             #expect(close.pid == pid, "the owner the kernel kept: \(close)")
             #expect(close.string("process.comm") != nil)
         }
-        for line in lines where line.hasPrefix("flow ") {
-            let parts = line.split(separator: " ")
-            let client = try #require(Int(parts[1])), cookie = String(parts[2])
-            let accept = try run.waitFor("accept from \(client)") { $0.event == "accept" && $0.remotePort == client }
-            #expect(accept.string("flow.listener")?.hasSuffix(cookie) == true, "client port \(client): \(accept)")
-        }
+        try expectListenersNamed(run, lines)
         #expect(run.stop() == 0)
         try run.validateStream()
     }

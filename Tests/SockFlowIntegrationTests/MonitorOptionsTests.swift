@@ -178,52 +178,45 @@ struct MonitorOptionsTests {
     func listenerTablesDrain() throws {
         // Three processes in a cgroup of their own (the programs attach there):
         // one keeps a set of the key index full and spilling, two open
-        // SO_REUSEPORT pairs on one port, so keys are shared, registered and
-        // unregistered concurrently.
+        // SO_REUSEPORT pairs on one port of the same set, so keys are shared,
+        // spilled, registered and unregistered concurrently.
         let cgroup = try TestCgroup("listener-tables")
         var options = MonitorProgram.Options()
         options.cgroupPath = cgroup.path
         let program = try MonitorProgram.start(options)
         // five ports whose keys share a set of the index (lindex_set()): three
         // take its ways, two spill into the hash, each time round
-        let spilling = """
-            import os, socket
-            netns = os.stat("/proc/self/ns/net").st_ino
-            def set_of(port):
-                x = int.from_bytes(socket.inet_aton("127.0.0.1"), "little") ^ netns ^ (port | 2 << 16)
-                return ((x * 0x9E3779B1) & 0xffffffff) >> 20
-            def listener(port):
-                l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                l.bind(("127.0.0.1", port)); l.listen(1); return l
+        let spilling = listenerPython + """
             ports = []
             for q in range(20000, 65000):
                 if len(ports) < 5 and set_of(q) == set_of(20000):
                     try:
-                        listener(q).close(); ports.append(q)
+                        listener("127.0.0.1", q).close(); ports.append(q)
                     except OSError:
                         pass
             for i in range(1200):
-                held = [listener(q) for q in ports]
+                held = [listener("127.0.0.1", q) for q in ports]
                 for l in held[i % 5:] + held[:i % 5]:
                     l.close()
             print("done", flush=True)
             """
-        let probe = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(probe, $0, len) } }
-        _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(probe, $0, &len) } }
-        let port = UInt16(bigEndian: addr.sin_port)
-        close(probe)
-        let group = """
-            import socket
+        // an SO_REUSEPORT pair on a sixth port of that set (the same one in
+        // both processes): its key shares the set too, and spills with two
+        // listeners on it as often as not
+        let group = listenerPython + """
+            def shared(port):
+                l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                l.bind(("127.0.0.1", port)); return l
+            for q in range(40000, 65000):
+                if set_of(q) == set_of(20000):
+                    try:
+                        shared(q).close(); port = q; break
+                    except OSError:
+                        pass
             for _ in range(1500):
-                pair = []
-                for _ in range(2):
-                    l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-                    l.bind(("127.0.0.1", \(port))); l.listen(1); pair.append(l)
+                pair = [shared(port) for _ in range(2)]
+                for l in pair:
+                    l.listen(1)
                 for l in pair:
                     l.close()
             print("done", flush=True)

@@ -270,6 +270,52 @@ enum SchemaValidator {
     }
 }
 
+/// Starts `argv` with `stdin` as its standard input; its stdout as lines.
+func launch(_ process: Process, _ argv: [String], stdin: Pipe) throws -> LineCollector {
+    process.executableURL = URL(fileURLWithPath: argv[0])
+    process.arguments = Array(argv.dropFirst())
+    let o = Pipe()
+    process.standardOutput = o
+    process.standardInput = stdin
+    try process.run()
+    defer { try? o.fileHandleForReading.close() }
+    return LineCollector(fd: dup(o.fileHandleForReading.fileDescriptor))
+}
+
+/// Python for scripts about listeners: `set_of(port)`, the set of the kernel's
+/// listener index that the key (127.0.0.1, port) maps to (bpf/sockflow.bpf.c,
+/// lindex_set()); `cookie(s)`, a socket's cookie; `listener(addr, port)`, with
+/// SO_REUSEADDR; `connect(l)`, one connection to `l`, accepted and closed,
+/// printed as "flow <client port> <l's cookie, 16 hex digits>" for
+/// `expectListenersNamed`.
+let listenerPython = """
+    import os, socket
+    netns = os.stat("/proc/self/ns/net").st_ino
+    def set_of(port):
+        x = int.from_bytes(socket.inet_aton("127.0.0.1"), "little") ^ netns ^ (port | 2 << 16)
+        return ((x * 0x9E3779B1) & 0xffffffff) >> 20
+    def cookie(s):
+        return int.from_bytes(s.getsockopt(socket.SOL_SOCKET, 57, 8), "little")  # SO_COOKIE
+    def listener(addr, port):
+        l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        l.bind((addr, port)); l.listen(16); return l
+    def connect(l):
+        c = socket.create_connection(("127.0.0.1", l.getsockname()[1])); s, _ = l.accept()
+        print("flow", c.getsockname()[1], "%016x" % cookie(l), flush=True); c.close(); s.close()
+
+    """
+
+/// For each "flow <client port> <cookie>" line: the accept record of that
+/// client's connection names that listener.
+func expectListenersNamed(_ run: SockflowRun, _ lines: [String]) throws {
+    for line in lines where line.hasPrefix("flow ") {
+        let parts = line.split(separator: " ")
+        let client = try #require(Int(parts[1])), cookie = String(parts[2])
+        let accept = try run.waitFor("accept from \(client)") { $0.event == "accept" && $0.remotePort == client }
+        #expect(accept.string("flow.listener")?.hasSuffix(cookie) == true, "client port \(client): \(accept)")
+    }
+}
+
 /// A running sfhelper.
 final class Helper: @unchecked Sendable {
     let process = Process()
@@ -281,19 +327,7 @@ final class Helper: @unchecked Sendable {
         guard FileManager.default.isExecutableFile(atPath: Paths.helper) else {
             throw TestFailure("no helper at \(Paths.helper): run the tests with `make test`")
         }
-        if wrapper.isEmpty {
-            process.executableURL = URL(fileURLWithPath: Paths.helper)
-            process.arguments = arguments
-        } else {
-            process.executableURL = URL(fileURLWithPath: wrapper[0])
-            process.arguments = Array(wrapper.dropFirst()) + [Paths.helper] + arguments
-        }
-        let o = Pipe()
-        process.standardOutput = o
-        process.standardInput = stdin
-        try process.run()
-        out = LineCollector(fd: dup(o.fileHandleForReading.fileDescriptor))
-        try? o.fileHandleForReading.close()
+        out = try launch(process, wrapper + [Paths.helper] + arguments, stdin: stdin)
         if waitReady {
             guard let line = out.wait(timeout: 10, { $0.first { $0.hasPrefix("ready") } }) else {
                 throw TestFailure("helper \(arguments) never got ready")
@@ -343,16 +377,7 @@ final class PythonScript: @unchecked Sendable {
 
     /// `cgroup`: the script runs in it from its first instruction.
     init(_ script: String, in cgroup: TestCgroup? = nil) throws {
-        let command = ["/usr/bin/env", "python3", "-c", script]
-        let argv = (cgroup?.wrapper ?? []) + command
-        process.executableURL = URL(fileURLWithPath: argv[0])
-        process.arguments = Array(argv.dropFirst())
-        let o = Pipe()
-        process.standardOutput = o
-        process.standardInput = stdin
-        try process.run()
-        lines = LineCollector(fd: dup(o.fileHandleForReading.fileDescriptor))
-        try? o.fileHandleForReading.close()
+        lines = try launch(process, (cgroup?.wrapper ?? []) + ["/usr/bin/env", "python3", "-c", script], stdin: stdin)
     }
 
     func send(_ line: String) throws {
